@@ -1,0 +1,130 @@
+//! `tenant-plane`: the Tenant Plane server and its admin commands.
+
+mod env;
+mod healthcheck;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tp_core::Config;
+
+/// Exit codes (sysexits.h).
+mod exit {
+    /// Bad configuration.
+    pub const CONFIG: u8 = 64;
+    /// A dependency is unavailable.
+    pub const UNAVAILABLE: u8 = 69;
+}
+
+#[derive(Parser)]
+#[command(name = "tenant-plane", version, about = "Tenant Plane: users, sessions, vector search and secrets for one tenant")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Exit 0 when the local plane's health endpoint answers 200.
+    Healthcheck {
+        /// URL to check; default http://127.0.0.1:$PORT/api/health.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Validate the configuration and print it with secrets redacted.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check every variable and exit non-zero naming the first bad one.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command.unwrap_or(Command::Serve)))
+}
+
+async fn run(command: Command) -> ExitCode {
+    if let Command::Healthcheck { url, timeout_ms } = command {
+        let url = url.unwrap_or_else(|| {
+            let port = std::env::var(tp_core::config::vars::PORT).unwrap_or_else(|_| "3000".into());
+            format!("http://127.0.0.1:{port}/api/health")
+        });
+        return match healthcheck::check(&url, Duration::from_millis(timeout_ms)).await {
+            Ok(200) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("unhealthy: {url} answered {status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match Config::from_env(&env::ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    logging::init(logging::wants_json(config.dev_mode));
+    match command {
+        Command::Serve => serve::run(config).await,
+        Command::Migrate => migrate(config).await,
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            println!("configuration is valid\n{config:#?}");
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck { .. } => unreachable!("handled above"),
+    }
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let db = match tp_core::db::Database::open(&config.database) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    match db.migrate().await {
+        Ok(applied) if applied.is_empty() => {
+            println!("schema is up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!("applied {} migration(s): {}", applied.len(), applied.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: migration failed: {e}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
+}

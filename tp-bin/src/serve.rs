@@ -1,0 +1,94 @@
+//! `tenant-plane serve`: start the plane, bind, serve, drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tp_core::{Config, StartupSchema, TenantPlane};
+use tp_http::server::{self, Shutdown};
+
+use crate::exit;
+
+/// Runs the server until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config) -> ExitCode {
+    let http = config.http.clone();
+    let dev_mode = config.dev_mode;
+    let data_dir = config.data_dir.clone();
+    let (plane, schema) = match TenantPlane::start(config).await {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    match &schema {
+        StartupSchema::Migrated(applied) if !applied.is_empty() => {
+            tracing::info!(count = applied.len(), "schema migrated");
+        }
+        StartupSchema::NotMigrated => {
+            tracing::warn!("TP_AUTO_MIGRATE=false: not ready until `tenant-plane migrate` has run");
+        }
+        _ => {}
+    }
+    let addr = SocketAddr::new(http.bind, http.port);
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::from(exit::UNAVAILABLE);
+        }
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(
+        address = %local,
+        tenant = plane.config().tenant_id.as_str(),
+        vector_db = plane.config().vector_db(),
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+    if dev_mode {
+        print_dev_banner(local, &data_dir);
+    }
+    let api = tp_http::Api::new(plane);
+    match server::serve(listener, api, &http, shutdown_signal()).await {
+        Ok(Shutdown::Clean) => {
+            tracing::info!("shut down cleanly");
+            ExitCode::SUCCESS
+        }
+        Ok(Shutdown::TimedOut { open_connections }) => {
+            tracing::warn!(open_connections, "shutdown timeout reached; remaining requests cut off");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install SIGTERM handler");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn print_dev_banner(addr: SocketAddr, data_dir: &std::path::Path) {
+    let base = format!("http://{addr}");
+    eprintln!(
+        "\n  tenant-plane is running in DEV MODE (embedded SQLite, generated secrets, loopback only)\n\
+         \n    data:     {data}/tenant-plane.db\
+         \n    secrets:  {data}/dev-secrets.env (mode 0600)\
+         \n    health:   curl {base}/api/health\
+         \n\n  Set TENANT_PLANE_DATABASE_URL, TENANT_ID, JWT_SECRET and ENCRYPTION_KEY for production.\n",
+        data = data_dir.display(),
+    );
+}

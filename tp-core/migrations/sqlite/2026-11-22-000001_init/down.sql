@@ -1,0 +1,10 @@
+DROP TABLE audit_log;
+DROP TABLE secrets;
+DROP TABLE documents;
+DROP TABLE collections;
+DROP TABLE api_keys;
+DROP TABLE revocations;
+DROP TABLE refresh_tokens;
+DROP TABLE sessions;
+DROP TABLE users;
+DROP TABLE plane_info;

@@ -1,0 +1,325 @@
+//! The database: a pool over PostgreSQL or SQLite, migrations, and a health probe.
+//!
+//! Queries are written once with diesel's DSL and run on either backend with
+//! `with_conn!`; each statement is bounded by the query
+//! timeout, and a connection whose statement timed out is never reused.
+
+mod migrate;
+mod pg;
+mod pool;
+pub(crate) mod schema;
+mod sqlite;
+pub mod vector_sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::SqliteConnection;
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+
+use crate::config::{DatabaseConfig, DatabaseUrl};
+use crate::error::{Error, Result};
+pub(crate) use pool::Tracked;
+use pool::{ConnectSignals, Manager};
+
+/// Runs `$body` with `$conn` bound to a checked-out connection of either backend.
+///
+/// The body is an expression of type `Result<T, Error>` that may `.await`; it
+/// is compiled once per backend, so it must use only diesel DSL both support.
+macro_rules! with_conn {
+    ($db:expr, |$conn:ident| $body:expr) => {{
+        let db: &$crate::db::Database = $db;
+        match db.backend() {
+            $crate::db::Backend::Postgres(pool) => {
+                let mut guard = db.checkout(pool).await?;
+                let outcome = {
+                    let $conn = &mut guard.conn;
+                    ::tokio::time::timeout(db.query_timeout(), async { $body }).await
+                };
+                db.finish(&mut *guard, outcome)
+            }
+            $crate::db::Backend::Sqlite(pool) => {
+                let mut guard = db.checkout(pool).await?;
+                let outcome = {
+                    let $conn = &mut guard.conn;
+                    ::tokio::time::timeout(db.query_timeout(), async { $body }).await
+                };
+                db.finish(&mut *guard, outcome)
+            }
+        }
+    }};
+}
+
+pub(crate) use with_conn;
+
+/// The SQLite connection type used by the pool.
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+pub(crate) type PgPool = bb8::Pool<Manager<pg::PgConnector>>;
+pub(crate) type SqlitePool = bb8::Pool<Manager<sqlite::SqliteConnector>>;
+
+/// Which backend a [`Database`] runs on.
+pub(crate) enum Backend {
+    /// PostgreSQL with pgvector.
+    Postgres(PgPool),
+    /// Embedded SQLite (one replica).
+    Sqlite(SqlitePool),
+}
+
+/// The connector of the pool, kept for connections outside it (migrations).
+enum ConnectorRef {
+    Postgres(Arc<pg::PgConnector>),
+    Sqlite(Arc<sqlite::SqliteConnector>),
+}
+
+/// Connection pool plus the state needed to fail fast and bound statements.
+pub struct Database {
+    backend: Backend,
+    signals: Arc<ConnectSignals>,
+    connector: ConnectorRef,
+    query_timeout: Duration,
+    connect_timeout: Duration,
+    /// Held for the life of the process: one replica per SQLite file.
+    _sqlite_lock: Option<std::fs::File>,
+}
+
+/// What a health probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbProbe {
+    /// The database answered a query.
+    pub reachable: bool,
+    /// The schema is behind this binary's migrations.
+    pub migrations_pending: bool,
+    /// Why it is unreachable, for logs (never contains credentials).
+    pub error: Option<String>,
+}
+
+/// Pool occupancy, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolState {
+    /// Open connections.
+    pub connections: u32,
+    /// Open connections not checked out.
+    pub idle: u32,
+    /// Callers waiting for a connection right now.
+    pub waiting: u64,
+    /// Checkouts that timed out since start.
+    pub timed_out: u64,
+}
+
+impl Database {
+    /// Builds the pool without connecting, so a replica can start while the database is down.
+    pub fn open(config: &DatabaseConfig) -> Result<Database> {
+        let signals = Arc::new(ConnectSignals::new());
+        fn builder<M: bb8::ManageConnection>(config: &DatabaseConfig, min: u32) -> bb8::Builder<M> {
+            bb8::Pool::builder()
+                .max_size(config.pool_max)
+                .min_idle(Some(min.min(config.pool_max)))
+                .connection_timeout(config.connect_timeout)
+                .idle_timeout(Some(config.idle_timeout))
+                .test_on_check_out(false)
+                .retry_connection(false)
+                .reaper_rate(Duration::from_secs(5))
+        }
+        let (backend, connector, lock) = match &config.url {
+            DatabaseUrl::Postgres(url) => {
+                let connector = Arc::new(pg::PgConnector::new(url, config)?);
+                let manager = Manager {
+                    connector: connector.clone(),
+                    signals: signals.clone(),
+                };
+                (
+                    Backend::Postgres(builder(config, config.pool_min).build_unchecked(manager)),
+                    ConnectorRef::Postgres(connector),
+                    None,
+                )
+            }
+            DatabaseUrl::Sqlite(path) => {
+                let lock = sqlite::lock_database_file(path)?;
+                let connector = Arc::new(sqlite::SqliteConnector::new(path, config.connect_timeout));
+                let manager = Manager {
+                    connector: connector.clone(),
+                    signals: signals.clone(),
+                };
+                (
+                    Backend::Sqlite(builder(config, config.pool_min.max(1)).build_unchecked(manager)),
+                    ConnectorRef::Sqlite(connector),
+                    Some(lock),
+                )
+            }
+        };
+        Ok(Database {
+            backend,
+            signals,
+            connector,
+            query_timeout: config.query_timeout,
+            connect_timeout: config.connect_timeout,
+            _sqlite_lock: lock,
+        })
+    }
+
+    /// The backend and its pool.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// True for PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The bound on one statement.
+    pub fn query_timeout(&self) -> Duration {
+        self.query_timeout
+    }
+
+    /// Applies pending migrations (PostgreSQL: under an advisory lock, so
+    /// replicas starting together migrate once). Returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        match &self.connector {
+            ConnectorRef::Postgres(connector) => migrate::postgres(connector).await,
+            ConnectorRef::Sqlite(connector) => migrate::sqlite(connector).await,
+        }
+    }
+
+    /// Whether the database answers and its schema is current, within `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> DbProbe {
+        let attempt = async {
+            let version = with_conn!(self, |conn| {
+                use diesel_async::RunQueryDsl;
+                migrate::version_from(
+                    diesel::sql_query(migrate::CURRENT_VERSION_SQL)
+                        .load::<migrate::SchemaVersion>(conn)
+                        .await,
+                )
+            })?;
+            Ok::<_, Error>(version)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(version)) => DbProbe {
+                reachable: true,
+                migrations_pending: version.as_deref() < Some(migrate::latest_version(self)),
+                error: None,
+            },
+            Ok(Err(e)) => DbProbe {
+                reachable: false,
+                migrations_pending: false,
+                error: Some(match &e {
+                    Error::Internal { detail } => detail.clone(),
+                    other => other.to_string(),
+                }),
+            },
+            Err(_) => DbProbe {
+                reachable: false,
+                migrations_pending: false,
+                error: Some(format!("no answer within {} ms", timeout.as_millis())),
+            },
+        }
+    }
+
+    /// Pool occupancy for metrics.
+    pub fn pool_state(&self) -> PoolState {
+        let state = match &self.backend {
+            Backend::Postgres(p) => p.state(),
+            Backend::Sqlite(p) => p.state(),
+        };
+        PoolState {
+            connections: state.connections,
+            idle: state.idle_connections,
+            waiting: state.statistics.pending_gets(),
+            timed_out: state.statistics.get_timed_out,
+        }
+    }
+
+    /// Checks a connection out of `pool`, failing fast when the database is known to be down.
+    pub(crate) async fn checkout<'a, K: pool::Connector>(
+        &self,
+        pool: &'a bb8::Pool<Manager<K>>,
+    ) -> Result<bb8::PooledConnection<'a, Manager<K>>> {
+        if self.signals.is_down() {
+            self.spawn_probe(pool);
+            return Err(self.unavailable());
+        }
+        let mut failures = self.signals.subscribe();
+        failures.mark_unchanged();
+        tokio::select! {
+            biased;
+            got = pool.get() => got.map_err(|e| match e {
+                bb8::RunError::User(e) => unavailable_with(&e.0),
+                bb8::RunError::TimedOut if self.signals.is_down() => self.unavailable(),
+                bb8::RunError::TimedOut => Error::unavailable(
+                    "pool_exhausted",
+                    format!(
+                        "all database connections are busy (waited {} ms)",
+                        self.connect_timeout.as_millis()
+                    ),
+                    Some(Duration::from_secs(1)),
+                ),
+            }),
+            _ = failures.changed() => Err(self.unavailable()),
+        }
+    }
+
+    /// Starts one background connect attempt, so a replica that fails fast still notices recovery.
+    fn spawn_probe<K: pool::Connector>(&self, pool: &bb8::Pool<Manager<K>>) {
+        if !self.signals.begin_probe() {
+            return;
+        }
+        let pool = pool.clone();
+        let signals = self.signals.clone();
+        tokio::spawn(async move {
+            // The error, if any, already reached the signals through the manager.
+            drop(pool.get().await);
+            signals.end_probe();
+        });
+    }
+
+    fn unavailable(&self) -> Error {
+        let detail = self
+            .signals
+            .last_error()
+            .map(|(_, e)| e)
+            .unwrap_or_else(|| "no connection".to_owned());
+        unavailable_with(&detail)
+    }
+
+    /// Turns the outcome of a bounded statement into a result, poisoning the connection on timeout.
+    pub(crate) fn finish<C, T>(
+        &self,
+        conn: &mut Tracked<C>,
+        outcome: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.code() == "database_unavailable" {
+                    conn.poison();
+                }
+                Err(e)
+            }
+            Err(_) => {
+                conn.poison();
+                tracing::warn!(
+                    timeout_ms = self.query_timeout.as_millis() as u64,
+                    "database statement timed out; connection discarded"
+                );
+                Err(Error::unavailable(
+                    "database_timeout",
+                    "the database did not answer in time",
+                    Some(Duration::from_secs(1)),
+                ))
+            }
+        }
+    }
+}
+
+fn unavailable_with(detail: &str) -> Error {
+    tracing::debug!(detail, "database unavailable");
+    Error::unavailable(
+        "database_unavailable",
+        "the database is unavailable",
+        Some(Duration::from_secs(1)),
+    )
+}
+
+

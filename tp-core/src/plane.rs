@@ -1,0 +1,144 @@
+//! [`TenantPlane`]: every capability of one replica, assembled from a [`Config`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::ExpressionMethods;
+use diesel::QueryDsl;
+use diesel_async::RunQueryDsl;
+
+use crate::config::Config;
+use crate::db::{Database, schema::plane_info, with_conn};
+use crate::error::{Error, Result};
+use crate::health::Health;
+
+/// One replica's tenant plane: what a transport or an embedding host calls.
+pub struct TenantPlane {
+    config: Arc<Config>,
+    db: Arc<Database>,
+    health: Arc<Health>,
+}
+
+/// How the schema got ready at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupSchema {
+    /// Migrations ran (versions applied, possibly none).
+    Migrated(Vec<String>),
+    /// Automatic migration is off; readiness waits for `tenant-plane migrate`.
+    NotMigrated,
+    /// The database was unreachable; a background task keeps trying.
+    Deferred,
+}
+
+impl TenantPlane {
+    /// Opens the database and prepares the schema.
+    ///
+    /// An unreachable PostgreSQL does not stop the start: the replica serves
+    /// liveness, reports not ready, and migrates as soon as the database answers.
+    pub async fn start(config: Config) -> Result<(Arc<TenantPlane>, StartupSchema)> {
+        let config = Arc::new(config);
+        let db = Arc::new(Database::open(&config.database)?);
+        let probe_timeout = config.database.connect_timeout.min(Duration::from_secs(2));
+        let health = Arc::new(Health::new(db.clone(), config.vector_db(), probe_timeout));
+        let plane = Arc::new(TenantPlane {
+            config,
+            db,
+            health,
+        });
+        let schema = if !plane.config.database.auto_migrate {
+            plane.check_tenant().await?;
+            StartupSchema::NotMigrated
+        } else {
+            match plane.prepare_schema().await {
+                Ok(applied) => StartupSchema::Migrated(applied),
+                Err(e) if e.code() == "database_unavailable" && plane.db.is_postgres() => {
+                    tracing::warn!(error = %e, "database unreachable at start; will migrate when it answers");
+                    tokio::spawn(retry_prepare(Arc::downgrade(&plane)));
+                    StartupSchema::Deferred
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok((plane, schema))
+    }
+
+    async fn prepare_schema(&self) -> Result<Vec<String>> {
+        let applied = self.db.migrate().await?;
+        if !applied.is_empty() {
+            tracing::info!(versions = ?applied, "migrations applied");
+        }
+        self.check_tenant().await?;
+        self.health.invalidate();
+        Ok(applied)
+    }
+
+    /// Records the tenant on first start and refuses a database that belongs to another.
+    async fn check_tenant(&self) -> Result<()> {
+        let tenant = self.config.tenant_id.clone();
+        let owner: Option<String> = with_conn!(&self.db, |conn| {
+            let claimed = diesel::insert_into(plane_info::table)
+                .values((plane_info::key.eq("tenant_id"), plane_info::value.eq(&tenant)))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await;
+            match claimed {
+                Ok(_) => {}
+                // Schema not migrated yet: nothing to compare with.
+                Err(e) if e.to_string().contains("plane_info") => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            let owner = plane_info::table
+                .filter(plane_info::key.eq("tenant_id"))
+                .select(plane_info::value)
+                .first::<String>(conn)
+                .await?;
+            Ok(Some(owner))
+        })?;
+        match owner {
+            Some(owner) if owner != tenant => Err(Error::conflict(
+                "tenant_mismatch",
+                format!(
+                    "this database belongs to tenant {owner:?}, not TENANT_ID={tenant:?}; \
+                     point TENANT_PLANE_DATABASE_URL at this tenant's database"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The configuration this plane runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// Health and readiness.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+}
+
+async fn retry_prepare(plane: std::sync::Weak<TenantPlane>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        let Some(plane) = plane.upgrade() else { return };
+        match plane.prepare_schema().await {
+            Ok(_) => {
+                tracing::info!("database reachable; schema ready");
+                return;
+            }
+            Err(e) if e.code() == "database_unavailable" => {
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "schema preparation failed; replica stays not ready");
+                return;
+            }
+        }
+    }
+}

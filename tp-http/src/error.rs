@@ -1,0 +1,111 @@
+//! The one place where errors become HTTP responses (RFC 9457 problem+json).
+//!
+//! A 5xx never carries internal text: clients get a generic message and the
+//! request id; the detail goes to the log under the same id.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::Full;
+use serde::Serialize;
+use tp_core::{Error, ErrorKind};
+
+use crate::Response;
+
+/// An error on its way to becoming a response.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+/// Problem details as sent to clients.
+#[derive(Debug, Serialize)]
+pub struct Problem<'a> {
+    /// URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the problem type (the status reason).
+    pub title: &'a str,
+    /// HTTP status code.
+    pub status: u16,
+    /// Explanation of this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: &'a str,
+    /// The request this answers, for support and logs.
+    pub request_id: &'a str,
+}
+
+/// HTTP status for an error kind. Exhaustive: a new kind must be mapped here.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::LicenseRequired => StatusCode::FORBIDDEN,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    /// Renders the problem+json response for `request_id`.
+    pub fn into_response(self, request_id: &str) -> Response {
+        let error = self.0;
+        let status = status_of(error.kind());
+        let detail = if status.is_server_error() && error.kind() == ErrorKind::Internal {
+            tracing::error!(request_id, error = %error, "request failed");
+            "an internal error occurred; quote the request id when reporting it".to_owned()
+        } else {
+            if status.is_server_error() {
+                tracing::warn!(request_id, code = error.code(), error = %error, "request failed");
+            }
+            error.to_string()
+        };
+        let mut response = problem(status, error.code(), detail, request_id);
+        let headers = response.headers_mut();
+        if let Some(retry) = error.retry_after() {
+            let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if error.kind() == ErrorKind::Unauthenticated {
+            let challenge = format!(
+                "Bearer realm=\"tenant-plane\", error=\"invalid_token\", error_description=\"{}\"",
+                error.code()
+            );
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
+}
+
+/// A problem+json response for `status`; the one shape of every error body.
+pub fn problem(status: StatusCode, code: &str, detail: String, request_id: &str) -> Response {
+    let problem = Problem {
+        kind: format!("urn:tenant-plane:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+        code,
+        request_id,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}

@@ -1,0 +1,183 @@
+//! [`Api`]: the tenant plane as a hyper and tower `Service`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tp_core::config::IpNet;
+use tp_core::{Error, TenantPlane};
+
+use crate::context::Ctx;
+use crate::error::ApiError;
+use crate::router::{Miss, Router};
+use crate::{BoxError, Response, client_ip, handlers, request_id};
+
+/// The TCP peer of a request, inserted as a request extension by the server.
+///
+/// A host that mounts [`Api`] in its own server should insert it too, so
+/// that per-IP rate limits and trusted-proxy handling see the real peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The tenant plane's HTTP API. Cheap to clone; mount it anywhere a hyper or
+/// tower service over `http::Request<B>` fits.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    plane: Arc<TenantPlane>,
+    router: Router,
+    max_body: usize,
+    request_timeout: Duration,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Api {
+    /// The API over `plane`, with limits from its configuration.
+    pub fn new(plane: Arc<TenantPlane>) -> Api {
+        let http = plane.config().http.clone();
+        Api {
+            inner: Arc::new(Inner {
+                plane,
+                router: handlers::routes(),
+                max_body: http.max_body_bytes,
+                request_timeout: http.request_timeout,
+                trusted_proxies: http.trusted_proxies,
+            }),
+        }
+    }
+
+    /// The plane this API serves.
+    pub fn plane(&self) -> &Arc<TenantPlane> {
+        &self.inner.plane
+    }
+
+    /// Answers one request. Never fails: errors become problem+json responses.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let request_id = request_id::from_headers(request.headers());
+        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        let (parts, body) = request.into_parts();
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+
+        let (mut response, route) = match inner.router.at(&parts.method, &path) {
+            Err(Miss::NotFound) => (
+                ApiError::from(Error::not_found(
+                    "route_not_found",
+                    format!("no route for {path}"),
+                ))
+                .into_response(&request_id),
+                "<unmatched>",
+            ),
+            Err(Miss::MethodNotAllowed(allow)) => {
+                let mut response = crate::error::problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not allowed on {path}"),
+                    &request_id,
+                );
+                if let Ok(allow) = HeaderValue::from_str(&allow) {
+                    response.headers_mut().insert(header::ALLOW, allow);
+                }
+                (response, "<unmatched>")
+            }
+            Ok(matched) => {
+                let ctx = Ctx {
+                    plane: inner.plane.clone(),
+                    method: parts.method,
+                    client_ip: client_ip::client_ip(peer, &parts.headers, &inner.trusted_proxies),
+                    headers: parts.headers,
+                    query: parts.uri.query().map(str::to_owned),
+                    params: matched.params,
+                    request_id: request_id.clone(),
+                    body: Some(body.map_err(Into::into).boxed_unsync()),
+                    max_body: inner.max_body,
+                };
+                let handler = matched.route.handler;
+                let outcome = tokio::time::timeout(inner.request_timeout, handler(ctx)).await;
+                let response = match outcome {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(e)) => e.into_response(&request_id),
+                    Err(_) => ApiError::from(Error::Timeout {
+                        code: "request_timeout",
+                        message: format!(
+                            "the request took longer than {} ms",
+                            inner.request_timeout.as_millis()
+                        ),
+                    })
+                    .into_response(&request_id),
+                };
+                (response, matched.route.pattern)
+            }
+        };
+
+        let headers = response.headers_mut();
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            headers.insert(request_id::HEADER, id);
+        }
+        if inner.plane.health().is_draining() {
+            // Ask HTTP/1 clients and proxies not to reuse this connection,
+            // so none is idle on it when the listener closes.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        tracing::debug!(
+            request_id,
+            %method,
+            route,
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        response
+    }
+}
+
+type ApiFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<B> hyper::service::Service<Request<B>> for Api
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ApiFuture;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        let api = self.clone();
+        Box::pin(async move { Ok(api.handle(request).await) })
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for Api
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ApiFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        hyper::service::Service::call(self, request)
+    }
+}

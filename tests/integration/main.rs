@@ -1,1 +1,4 @@
+//! The one integration test binary: real replicas, databases and services on loopback.
 
+mod foundation;
+mod postgres;

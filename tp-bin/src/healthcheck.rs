@@ -10,7 +10,9 @@ use tokio::net::TcpStream;
 
 /// Sends `GET url` and returns the status code, or why it failed.
 pub async fn check(url: &str, timeout: Duration) -> Result<u16, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("invalid url {url:?}: {e}"))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid url {url:?}: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err("only http:// URLs are supported".to_owned());
     }
@@ -19,7 +21,11 @@ pub async fn check(url: &str, timeout: Duration) -> Result<u16, String> {
         .ok_or_else(|| format!("url {url:?} has no host"))?
         .clone();
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let attempt = async move {
         let stream = TcpStream::connect((host.as_str(), port))
             .await

@@ -20,7 +20,11 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "tenant-plane", version, about = "Tenant Plane: users, sessions, vector search and secrets for one tenant")]
+#[command(
+    name = "tenant-plane",
+    version,
+    about = "Tenant Plane: users, sessions, vector search and secrets for one tenant"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -56,7 +60,10 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -119,7 +126,11 @@ async fn migrate(config: Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(applied) => {
-            println!("applied {} migration(s): {}", applied.len(), applied.join(", "));
+            println!(
+                "applied {} migration(s): {}",
+                applied.len(),
+                applied.join(", ")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

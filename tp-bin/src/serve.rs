@@ -57,7 +57,10 @@ pub async fn run(config: Config) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Shutdown::TimedOut { open_connections }) => {
-            tracing::warn!(open_connections, "shutdown timeout reached; remaining requests cut off");
+            tracing::warn!(
+                open_connections,
+                "shutdown timeout reached; remaining requests cut off"
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

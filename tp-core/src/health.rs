@@ -176,10 +176,8 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let components: BTreeMap<_, _> = contributors
-            .iter()
-            .map(|c| (c.name(), c.check()))
-            .collect();
+        let components: BTreeMap<_, _> =
+            contributors.iter().map(|c| (c.name(), c.check())).collect();
         let all_ok = components.values().all(|c| c.status == Status::Ok);
         HealthReport {
             status: if ready && all_ok {

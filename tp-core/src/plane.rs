@@ -40,11 +40,7 @@ impl TenantPlane {
         let db = Arc::new(Database::open(&config.database)?);
         let probe_timeout = config.database.connect_timeout.min(Duration::from_secs(2));
         let health = Arc::new(Health::new(db.clone(), config.vector_db(), probe_timeout));
-        let plane = Arc::new(TenantPlane {
-            config,
-            db,
-            health,
-        });
+        let plane = Arc::new(TenantPlane { config, db, health });
         let schema = if !plane.config.database.auto_migrate {
             plane.check_tenant().await?;
             StartupSchema::NotMigrated
@@ -77,7 +73,10 @@ impl TenantPlane {
         let tenant = self.config.tenant_id.clone();
         let owner: Option<String> = with_conn!(&self.db, |conn| {
             let claimed = diesel::insert_into(plane_info::table)
-                .values((plane_info::key.eq("tenant_id"), plane_info::value.eq(&tenant)))
+                .values((
+                    plane_info::key.eq("tenant_id"),
+                    plane_info::value.eq(&tenant),
+                ))
                 .on_conflict_do_nothing()
                 .execute(conn)
                 .await;

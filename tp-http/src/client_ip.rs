@@ -50,11 +50,15 @@ mod tests {
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter()
-            .map(|s| s.parse().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).unwrap())
+            .map(|s| {
+                s.parse()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .unwrap()
+            })
             .collect()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(*k, v.parse().unwrap());
@@ -72,16 +76,28 @@ mod tests {
     #[test]
     fn trusted_proxy_chain_yields_nearest_untrusted_hop() {
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
-        let ip = client_ip(Some("10.0.0.2".parse().unwrap()), &h, &nets(&["10.0.0.0/8"]));
+        let ip = client_ip(
+            Some("10.0.0.2".parse().unwrap()),
+            &h,
+            &nets(&["10.0.0.0/8"]),
+        );
         assert_eq!(ip, Some("1.2.3.4".parse().unwrap()));
     }
 
     #[test]
     fn trusted_proxy_with_real_ip_only() {
         let h = headers(&[("x-real-ip", "1.2.3.4")]);
-        let ip = client_ip(Some("127.0.0.1".parse().unwrap()), &h, &nets(&["127.0.0.1/32"]));
+        let ip = client_ip(
+            Some("127.0.0.1".parse().unwrap()),
+            &h,
+            &nets(&["127.0.0.1/32"]),
+        );
         assert_eq!(ip, Some("1.2.3.4".parse().unwrap()));
-        let ip = client_ip(Some("127.0.0.1".parse().unwrap()), &HeaderMap::new(), &nets(&["127.0.0.1"]));
+        let ip = client_ip(
+            Some("127.0.0.1".parse().unwrap()),
+            &HeaderMap::new(),
+            &nets(&["127.0.0.1"]),
+        );
         assert_eq!(ip, Some("127.0.0.1".parse().unwrap()));
     }
 }

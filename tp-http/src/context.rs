@@ -54,7 +54,9 @@ impl Ctx {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(Error::PayloadTooLarge { limit }.into())
             }
-            Err(e) => Err(Error::invalid("body_read_failed", format!("could not read body: {e}")).into()),
+            Err(e) => {
+                Err(Error::invalid("body_read_failed", format!("could not read body: {e}")).into())
+            }
         }
     }
 

@@ -10,9 +10,7 @@ pub(crate) fn from_headers(headers: &HeaderMap) -> String {
     headers
         .get(HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_owned)
 }
 

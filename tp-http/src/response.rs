@@ -15,7 +15,11 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Respon
 }
 
 /// A body with a content type.
-pub(crate) fn with_type(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response {
+pub(crate) fn with_type(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response {
     let mut response = http::Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response

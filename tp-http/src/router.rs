@@ -50,9 +50,19 @@ pub(crate) struct Router {
 
 impl Router {
     /// Adds `method pattern` (matchit syntax, `{name}` parameters).
-    pub(crate) fn add(&mut self, method: Method, pattern: &'static str, access: Access, handler: Handler) {
+    pub(crate) fn add(
+        &mut self,
+        method: Method,
+        pattern: &'static str,
+        access: Access,
+        handler: Handler,
+    ) {
         let index = match self.paths.at(pattern) {
-            Ok(found) if self.methods[*found.value].first().map(|(_, r)| r.pattern) == Some(pattern) => *found.value,
+            Ok(found)
+                if self.methods[*found.value].first().map(|(_, r)| r.pattern) == Some(pattern) =>
+            {
+                *found.value
+            }
             _ => {
                 let index = self.methods.len();
                 self.paths
@@ -78,7 +88,11 @@ impl Router {
         let found = self.paths.at(path).map_err(|_| Miss::NotFound)?;
         let index = *found.value;
         let routes = &self.methods[index];
-        let wanted = if method == Method::HEAD { &Method::GET } else { method };
+        let wanted = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         let Some((_, route)) = routes.iter().find(|(m, _)| m == wanted) else {
             let mut allow: Vec<&str> = routes.iter().map(|(m, _)| m.as_str()).collect();
             if allow.contains(&"GET") {

@@ -107,7 +107,10 @@ pub async fn serve(
     }
     drop(listener);
     let open = graceful.count();
-    tracing::info!(open_connections = open, "listener closed; finishing in-flight requests");
+    tracing::info!(
+        open_connections = open,
+        "listener closed; finishing in-flight requests"
+    );
     let finished = tokio::time::timeout(http.shutdown_timeout, graceful.shutdown()).await;
     Ok(match finished {
         Ok(()) => Shutdown::Clean,

@@ -99,7 +99,9 @@ pub enum DatabaseUrl {
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DatabaseUrl::Postgres(url) => write!(f, "Postgres({})", redact_url(url.expose_secret())),
+            DatabaseUrl::Postgres(url) => {
+                write!(f, "Postgres({})", redact_url(url.expose_secret()))
+            }
             DatabaseUrl::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
         }
     }
@@ -244,9 +246,8 @@ impl Config {
 
         let database_url = optional(env, vars::DATABASE_URL);
         let dev_mode = database_url.is_none();
-        let data_dir = PathBuf::from(
-            optional(env, vars::DATA_DIR).unwrap_or_else(|| ".tp-data".to_owned()),
-        );
+        let data_dir =
+            PathBuf::from(optional(env, vars::DATA_DIR).unwrap_or_else(|| ".tp-data".to_owned()));
 
         let tenant_id = match optional(env, vars::TENANT_ID) {
             Some(id) => id,
@@ -333,8 +334,7 @@ impl Config {
             public_key: optional(env, vars::LICENSE_PUBLIC_KEY)
                 .map(|pem| parse::unescape_newlines(&pem)),
             required: boolean(env, vars::LICENSE_REQUIRED, false)?,
-            grace: seconds(env, vars::LICENSE_GRACE_DAYS, 14, 0, 365)?
-                .saturating_mul(86_400),
+            grace: seconds(env, vars::LICENSE_GRACE_DAYS, 14, 0, 365)?.saturating_mul(86_400),
         };
 
         let default_bind = if dev_mode {
@@ -345,7 +345,10 @@ impl Config {
         let bind = match optional(env, vars::BIND_ADDR) {
             None => default_bind,
             Some(raw) => raw.parse().map_err(|_| {
-                ConfigError::new(vars::BIND_ADDR, format!("must be an IP address, got {raw:?}"))
+                ConfigError::new(
+                    vars::BIND_ADDR,
+                    format!("must be an IP address, got {raw:?}"),
+                )
             })?,
         };
         let http = HttpConfig {
@@ -355,7 +358,13 @@ impl Config {
             header_read_timeout: millis(env, vars::HEADER_READ_TIMEOUT, 10_000, 100, 600_000)?,
             request_timeout: millis(env, vars::REQUEST_TIMEOUT, 60_000, 100, 3_600_000)?,
             // No load balancer to wait for in dev mode: Ctrl-C stops at once.
-            drain_delay: millis(env, vars::DRAIN_DELAY, if dev_mode { 0 } else { 5000 }, 0, 600_000)?,
+            drain_delay: millis(
+                env,
+                vars::DRAIN_DELAY,
+                if dev_mode { 0 } else { 5000 },
+                0,
+                600_000,
+            )?,
             shutdown_timeout: millis(env, vars::SHUTDOWN_TIMEOUT, 20_000, 0, 3_600_000)?,
             trusted_proxies: parse_trusted_proxies(optional(env, vars::TRUSTED_PROXIES))?,
         };

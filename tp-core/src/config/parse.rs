@@ -26,9 +26,19 @@ where
     let Some(raw) = optional(env, var) else {
         return Ok(default);
     };
-    let value: T = raw
-        .parse()
-        .map_err(|_| ConfigError::new(var, format!("must be a whole number, got {raw:?}")))?;
+    let out_of_range =
+        || ConfigError::new(var, format!("must be between {min} and {max}, got {raw}"));
+    let value: T = match raw.parse() {
+        Ok(value) => value,
+        // A whole number too large or too small for the type.
+        Err(_) if raw.parse::<i128>().is_ok() => return Err(out_of_range()),
+        Err(_) => {
+            return Err(ConfigError::new(
+                var,
+                format!("must be a whole number, got {raw:?}"),
+            ));
+        }
+    };
     if value < min || value > max {
         return Err(ConfigError::new(
             var,

@@ -38,19 +38,59 @@ fn spec_defaults() {
 #[test]
 fn bad_values_name_the_variable() {
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[(vars::DB_POOL_MAX, "many")], "DB_POOL_MAX: must be a whole number"),
-        (&[(vars::DB_POOL_MAX, "0")], "DB_POOL_MAX: must be between 1 and 1000"),
-        (&[(vars::DB_POOL_MIN, "20")], "DB_POOL_MIN: must not exceed DB_POOL_MAX"),
-        (&[(vars::JWT_SECRET, "short")], "JWT_SECRET: must be at least 32 bytes"),
-        (&[(vars::ENCRYPTION_KEY, "abc")], "ENCRYPTION_KEY: must be 64 hex characters"),
-        (&[(vars::PORT, "70000")], "PORT: must be between 0 and 65535"),
-        (&[(vars::DATABASE_URL, "mysql://x")], "TENANT_PLANE_DATABASE_URL: must start with"),
-        (&[(vars::REDIS_URL, "http://x")], "REDIS_URL: must start with redis://"),
+        (
+            &[(vars::DB_POOL_MAX, "many")],
+            "DB_POOL_MAX: must be a whole number",
+        ),
+        (
+            &[(vars::DB_POOL_MAX, "0")],
+            "DB_POOL_MAX: must be between 1 and 1000",
+        ),
+        (
+            &[(vars::DB_POOL_MIN, "20")],
+            "DB_POOL_MIN: must not exceed DB_POOL_MAX",
+        ),
+        (
+            &[(vars::JWT_SECRET, "short")],
+            "JWT_SECRET: must be at least 32 bytes",
+        ),
+        (
+            &[(vars::ENCRYPTION_KEY, "abc")],
+            "ENCRYPTION_KEY: must be 64 hex characters",
+        ),
+        (
+            &[(vars::PORT, "70000")],
+            "PORT: must be between 0 and 65535",
+        ),
+        (
+            &[(vars::DATABASE_URL, "mysql://x")],
+            "TENANT_PLANE_DATABASE_URL: must start with",
+        ),
+        (
+            &[(vars::REDIS_URL, "http://x")],
+            "REDIS_URL: must start with redis://",
+        ),
         (&[(vars::TENANT_ID, "a b")], "TENANT_ID: must be 1 to 64"),
-        (&[(vars::TRUSTED_PROXIES, "10.0.0.0/8,nope")], "TP_TRUSTED_PROXIES: \"nope\""),
-        (&[(vars::LICENSE_REQUIRED, "true")], "ATLASAI_LICENSE_KEY: is required"),
-        (&[(vars::RATE_LIMIT_FALLBACK, "maybe")], "TP_RATE_LIMIT_FALLBACK: must be"),
-        (&[(vars::DB_CONNECT_TIMEOUT, "-1")], "DB_CONNECT_TIMEOUT: must be a whole number"),
+        (
+            &[(vars::TRUSTED_PROXIES, "10.0.0.0/8,nope")],
+            "TP_TRUSTED_PROXIES: \"nope\"",
+        ),
+        (
+            &[(vars::LICENSE_REQUIRED, "true")],
+            "ATLASAI_LICENSE_KEY: is required",
+        ),
+        (
+            &[(vars::RATE_LIMIT_FALLBACK, "maybe")],
+            "TP_RATE_LIMIT_FALLBACK: must be",
+        ),
+        (
+            &[(vars::DB_CONNECT_TIMEOUT, "-1")],
+            "DB_CONNECT_TIMEOUT: must be between 100",
+        ),
+        (
+            &[(vars::DB_CONNECT_TIMEOUT, "soon")],
+            "DB_CONNECT_TIMEOUT: must be a whole number",
+        ),
     ];
     for (extra, expected) in cases {
         let err = error_of(extra);
@@ -107,10 +147,15 @@ fn dev_mode_generates_private_secrets_once() {
 
 #[test]
 fn sqlite_url_is_production_single_replica() {
-    let c = Config::from_env(&prod_env(&[(vars::DATABASE_URL, "sqlite:///var/lib/tp/tp.db")]))
-        .unwrap();
+    let c = Config::from_env(&prod_env(&[(
+        vars::DATABASE_URL,
+        "sqlite:///var/lib/tp/tp.db",
+    )]))
+    .unwrap();
     assert!(!c.dev_mode);
-    assert!(matches!(c.database.url, DatabaseUrl::Sqlite(ref p) if p == Path::new("/var/lib/tp/tp.db")));
+    assert!(
+        matches!(c.database.url, DatabaseUrl::Sqlite(ref p) if p == Path::new("/var/lib/tp/tp.db"))
+    );
 }
 
 use std::os::unix::fs::PermissionsExt;

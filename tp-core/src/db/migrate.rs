@@ -18,7 +18,7 @@ const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Advisory lock key taken while migrating PostgreSQL ("tpmigr").
-const LOCK_KEY: i64 = 0x0074_706d_6967_72;
+const LOCK_KEY: i64 = 0x0000_7470_6d69_6772;
 
 /// Applies pending PostgreSQL migrations while holding the advisory lock.
 pub(super) async fn postgres(connector: &PgConnector) -> Result<Vec<String>> {
@@ -34,8 +34,8 @@ pub(super) async fn postgres(connector: &PgConnector) -> Result<Vec<String>> {
             .map(|versions| versions.iter().map(ToString::to_string).collect())
             .map_err(|e| migration_error(&e.to_string()));
         // Closing the connection releases the lock too; unlock to be explicit.
-        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK_KEY})"))
-            .execute(&mut conn);
+        let _ =
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK_KEY})")).execute(&mut conn);
         applied
     })
     .await
@@ -69,7 +69,9 @@ pub(super) fn latest_version(db: &Database) -> &'static str {
     static PG: OnceLock<String> = OnceLock::new();
     static LITE: OnceLock<String> = OnceLock::new();
     match db.backend() {
-        Backend::Postgres(_) => PG.get_or_init(|| newest(MigrationSource::<Pg>::migrations(&POSTGRES))),
+        Backend::Postgres(_) => {
+            PG.get_or_init(|| newest(MigrationSource::<Pg>::migrations(&POSTGRES)))
+        }
         Backend::Sqlite(_) => {
             LITE.get_or_init(|| newest(MigrationSource::<Sqlite>::migrations(&SQLITE)))
         }

@@ -136,13 +136,16 @@ impl Database {
             }
             DatabaseUrl::Sqlite(path) => {
                 let lock = sqlite::lock_database_file(path)?;
-                let connector = Arc::new(sqlite::SqliteConnector::new(path, config.connect_timeout));
+                let connector =
+                    Arc::new(sqlite::SqliteConnector::new(path, config.connect_timeout));
                 let manager = Manager {
                     connector: connector.clone(),
                     signals: signals.clone(),
                 };
                 (
-                    Backend::Sqlite(builder(config, config.pool_min.max(1)).build_unchecked(manager)),
+                    Backend::Sqlite(
+                        builder(config, config.pool_min.max(1)).build_unchecked(manager),
+                    ),
                     ConnectorRef::Sqlite(connector),
                     Some(lock),
                 )
@@ -321,5 +324,3 @@ fn unavailable_with(detail: &str) -> Error {
         Some(Duration::from_secs(1)),
     )
 }
-
-

@@ -56,7 +56,10 @@ impl ConnectSignals {
 
     fn failed(&self, error: &str) {
         if !self.down.swap(true, Ordering::AcqRel) {
-            tracing::warn!(error, "database connection failed; failing requests fast until it is back");
+            tracing::warn!(
+                error,
+                "database connection failed; failing requests fast until it is back"
+            );
         }
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), error.to_owned()));

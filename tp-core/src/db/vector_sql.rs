@@ -11,18 +11,23 @@ use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, IsNull, Output, ToSql};
 
 /// SQL type of pgvector's `vector`.
-#[derive(Debug, Clone, Copy, Default, diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
+#[derive(
+    Debug, Clone, Copy, Default, diesel::sql_types::SqlType, diesel::query_builder::QueryId,
+)]
 #[diesel(postgres_type(name = "vector"))]
 pub struct Vector;
 
 /// A vector value bound to or read from a `vector` column.
-#[derive(Debug, Clone, PartialEq, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+#[derive(
+    Debug, Clone, PartialEq, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow,
+)]
 #[diesel(sql_type = Vector)]
 pub struct PgVector(pub Vec<f32>);
 
 impl ToSql<Vector, Pg> for PgVector {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        let dim = u16::try_from(self.0.len()).map_err(|_| "vector has more than 65535 dimensions")?;
+        let dim =
+            u16::try_from(self.0.len()).map_err(|_| "vector has more than 65535 dimensions")?;
         out.write_all(&dim.to_be_bytes())?;
         out.write_all(&0u16.to_be_bytes())?;
         for v in &self.0 {

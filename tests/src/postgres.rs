@@ -1,0 +1,275 @@
+//! PostgreSQL + pgvector clusters for tests, run as an unprivileged user.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{env, free_port, temp_dir};
+
+/// One PostgreSQL server with its own data directory.
+pub struct PgCluster {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    root: PathBuf,
+    owner: Option<(u32, u32)>,
+    /// Shared clusters outlive the test process; `scripts/test` stops them.
+    keep: bool,
+}
+
+impl PgCluster {
+    /// Initialises and starts a new cluster.
+    pub fn start(name: &str) -> PgCluster {
+        let cluster = Self::init(name);
+        cluster.start_server();
+        cluster
+    }
+
+    /// Initialises a data directory without starting the server.
+    pub fn init(name: &str) -> PgCluster {
+        let cluster = Self::empty(name);
+        cluster.run_ok(
+            cluster.pg("initdb").args([
+                "-D",
+                &cluster.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]),
+            "initdb",
+        );
+        cluster
+    }
+
+    /// A streaming standby of `primary`, started (pg_basebackup -R).
+    pub fn standby_of(primary: &PgCluster, name: &str) -> PgCluster {
+        let cluster = Self::empty(name);
+        cluster.run_ok(
+            cluster.pg("pg_basebackup").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &cluster.data().to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ]),
+            "pg_basebackup",
+        );
+        cluster.start_server();
+        cluster
+    }
+
+    fn empty(name: &str) -> PgCluster {
+        let root = temp_dir(&format!("pg-{name}"));
+        let owner = env::get().pg_user.as_deref().map(user_ids);
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&root, Some(uid), Some(gid)).expect("chown pg dir");
+        }
+        PgCluster {
+            port: free_port(),
+            root,
+            owner,
+            keep: false,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The server log, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("server.log")).unwrap_or_default()
+    }
+
+    fn pg(&self, program: &str) -> Command {
+        let mut cmd = Command::new(env::get().pg_bin.join(program));
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LC_ALL", "C")
+            .current_dir(&self.root);
+        if let Some((uid, gid)) = self.owner {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn run_ok(&self, cmd: &mut Command, what: &str) -> Output {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        out
+    }
+
+    /// Starts (or restarts) the server and waits until it accepts connections.
+    pub fn start_server(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 \
+             -c shared_buffers=64MB -c fsync=off -c synchronous_commit=off \
+             -c wal_keep_size=256MB",
+            self.port,
+            self.root.display()
+        );
+        self.run_ok(
+            self.pg("pg_ctl").args([
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                &self.data().to_string_lossy(),
+                "-l",
+                &self.root.join("server.log").to_string_lossy(),
+                "-o",
+                &options,
+            ]),
+            "pg_ctl start",
+        );
+    }
+
+    /// Stops the server (`fast`: disconnect clients, clean shutdown).
+    pub fn stop(&self) {
+        self.run_ok(
+            self.pg("pg_ctl").args([
+                "stop",
+                "-w",
+                "-m",
+                "fast",
+                "-D",
+                &self.data().to_string_lossy(),
+            ]),
+            "pg_ctl stop",
+        );
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crashed primary.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned))
+            .and_then(|line| line.trim().parse::<u32>().ok())
+            .expect("postmaster.pid");
+        crate::signal(pid, "KILL");
+        // Children notice the postmaster is gone and exit; wait for the port to free.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Promotes a standby to primary.
+    pub fn promote(&self) {
+        self.run_ok(
+            self.pg("pg_ctl")
+                .args(["promote", "-w", "-D", &self.data().to_string_lossy()]),
+            "pg_ctl promote",
+        );
+    }
+
+    /// A URL for database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL with psql and returns its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.run_ok(
+            self.pg("psql").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ]),
+            "psql",
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(name)
+    }
+
+    /// The data directory's root (for logs in assertion messages).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let _ = self
+            .pg("pg_ctl")
+            .args([
+                "stop",
+                "-m",
+                "immediate",
+                "-D",
+                &self.data().to_string_lossy(),
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The cluster shared by tests that need only a database of their own.
+pub fn shared() -> &'static PgCluster {
+    static SHARED: OnceLock<PgCluster> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let mut cluster = PgCluster::start("shared");
+        cluster.keep = true;
+        cluster
+    })
+}
+
+/// A new, empty database on the shared cluster.
+pub fn fresh_database() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    shared().create_database(&name)
+}
+
+fn user_ids(user: &str) -> (u32, u32) {
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, user]).output().expect("id");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("no user {user}"))
+    };
+    (id("-u"), id("-g"))
+}

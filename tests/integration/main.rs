@@ -1,4 +1,5 @@
 //! The one integration test binary: real replicas, databases and services on loopback.
 
+mod conformance;
 mod foundation;
 mod postgres;

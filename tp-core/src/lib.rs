@@ -14,6 +14,7 @@ pub mod error;
 pub mod health;
 mod plane;
 pub mod time;
+pub mod vector;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};

@@ -11,12 +11,14 @@ use crate::config::Config;
 use crate::db::{Database, schema::plane_info, with_conn};
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::vector::Vectors;
 
 /// One replica's tenant plane: what a transport or an embedding host calls.
 pub struct TenantPlane {
     config: Arc<Config>,
     db: Arc<Database>,
     health: Arc<Health>,
+    vectors: Vectors,
 }
 
 /// How the schema got ready at start.
@@ -40,7 +42,12 @@ impl TenantPlane {
         let db = Arc::new(Database::open(&config.database)?);
         let probe_timeout = config.database.connect_timeout.min(Duration::from_secs(2));
         let health = Arc::new(Health::new(db.clone(), config.vector_db(), probe_timeout));
-        let plane = Arc::new(TenantPlane { config, db, health });
+        let plane = Arc::new(TenantPlane {
+            vectors: Vectors::new(db.clone()),
+            config,
+            db,
+            health,
+        });
         let schema = if !plane.config.database.auto_migrate {
             plane.check_tenant().await?;
             StartupSchema::NotMigrated
@@ -118,6 +125,11 @@ impl TenantPlane {
     /// Health and readiness.
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// Vector collections and search.
+    pub fn vectors(&self) -> &Vectors {
+        &self.vectors
     }
 }
 

@@ -3,9 +3,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use tp_core::{Error, TenantPlane};
 
@@ -35,6 +35,32 @@ impl Ctx {
             .unwrap_or_default()
     }
 
+    /// A `true`/`false` query parameter (absent means false).
+    pub(crate) fn query_flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.query_param(name).as_deref() {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(Error::invalid(
+                "invalid_query",
+                format!("{name} must be true or false, got {other:?}"),
+            )
+            .into()),
+        }
+    }
+
+    /// A query parameter, percent-decoded.
+    pub(crate) fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| {
+                let value = value.replace('+', " ");
+                percent_encoding::percent_decode_str(&value)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    }
+
     /// The raw body, at most the configured limit.
     pub(crate) async fn bytes(&mut self) -> Result<Bytes, ApiError> {
         let limit = self.max_body;
@@ -46,18 +72,25 @@ impl Ctx {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(Error::PayloadTooLarge { limit }.into());
         }
-        let Some(body) = self.body.take() else {
+        let Some(mut body) = self.body.take() else {
             return Ok(Bytes::new());
         };
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(Error::PayloadTooLarge { limit }.into())
-            }
-            Err(e) => {
-                Err(Error::invalid("body_read_failed", format!("could not read body: {e}")).into())
+        let mut buffer = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::from(Error::invalid(
+                    "body_read_failed",
+                    format!("could not read the request body: {e}"),
+                ))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buffer.len() + data.len() > limit {
+                    return Err(Error::PayloadTooLarge { limit }.into());
+                }
+                buffer.extend_from_slice(&data);
             }
         }
+        Ok(buffer.freeze())
     }
 
     /// The body parsed as JSON; requires a JSON content type.

@@ -26,30 +26,33 @@ use pool::{ConnectSignals, Manager};
 ///
 /// The body is an expression of type `Result<T, Error>` that may `.await`; it
 /// is compiled once per backend, so it must use only diesel DSL both support.
+/// The second form takes one body per backend for backend-specific SQL.
 macro_rules! with_conn {
-    ($db:expr, |$conn:ident| $body:expr) => {{
+    ($db:expr, |$conn:ident| $body:expr) => {
+        $crate::db::with_conn!($db, pg | $conn | $body, sqlite | $conn | $body)
+    };
+    ($db:expr, pg |$pc:ident| $pg:expr, sqlite |$sc:ident| $lite:expr) => {{
         let db: &$crate::db::Database = $db;
         match db.backend() {
             $crate::db::Backend::Postgres(pool) => {
                 let mut guard = db.checkout(pool).await?;
                 let outcome = {
-                    let $conn = &mut guard.conn;
-                    ::tokio::time::timeout(db.query_timeout(), async { $body }).await
+                    let $pc = &mut guard.conn;
+                    ::tokio::time::timeout(db.query_timeout(), async { $pg }).await
                 };
                 db.finish(&mut *guard, outcome)
             }
             $crate::db::Backend::Sqlite(pool) => {
                 let mut guard = db.checkout(pool).await?;
                 let outcome = {
-                    let $conn = &mut guard.conn;
-                    ::tokio::time::timeout(db.query_timeout(), async { $body }).await
+                    let $sc = &mut guard.conn;
+                    ::tokio::time::timeout(db.query_timeout(), async { $lite }).await
                 };
                 db.finish(&mut *guard, outcome)
             }
         }
     }};
 }
-
 pub(crate) use with_conn;
 
 /// The SQLite connection type used by the pool.

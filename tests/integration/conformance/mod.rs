@@ -1,0 +1,73 @@
+//! One backend conformance suite, run against SQLite and PostgreSQL.
+//!
+//! Each test takes a started [`TenantPlane`]; `backend_suite!` stamps the
+//! whole list out once per backend, so both pass the same tests or neither
+//! is done.
+
+mod vectors;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tp_core::{Config, TenantPlane};
+use tp_tests::replica::{ENCRYPTION_KEY, JWT_SECRET};
+
+/// A plane on an embedded SQLite file in a fresh directory.
+pub async fn sqlite_plane() -> Arc<TenantPlane> {
+    let dir = tp_tests::temp_dir("conformance");
+    let url = format!("sqlite://{}", dir.join("tp.db").display());
+    plane(&url).await
+}
+
+/// A plane on a fresh database of the shared PostgreSQL cluster.
+pub async fn postgres_plane() -> Arc<TenantPlane> {
+    let url = tokio::task::spawn_blocking(tp_tests::postgres::fresh_database)
+        .await
+        .expect("create database");
+    plane(&url).await
+}
+
+async fn plane(url: &str) -> Arc<TenantPlane> {
+    let env: BTreeMap<String, String> = [
+        ("TENANT_ID", "acme-corp"),
+        ("JWT_SECRET", JWT_SECRET),
+        ("ENCRYPTION_KEY", ENCRYPTION_KEY),
+        ("TENANT_PLANE_DATABASE_URL", url),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let config = Config::from_env(&env).expect("config");
+    TenantPlane::start(config).await.expect("plane starts").0
+}
+
+/// Stamps out every conformance test for one backend.
+macro_rules! backend_suite {
+    ($backend:ident, $make:path) => {
+        mod $backend {
+            use super::vectors;
+
+            macro_rules! case {
+                ($module:ident :: $name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let plane = $make().await;
+                        $module::$name(&plane).await;
+                    }
+                };
+            }
+
+            case!(vectors::collections_lifecycle);
+            case!(vectors::upsert_is_atomic_and_idempotent);
+            case!(vectors::invalid_batches_write_nothing);
+            case!(vectors::scores_follow_the_documented_metric);
+            case!(vectors::filters_agree_with_the_reference_evaluator);
+            case!(vectors::filtered_search_still_returns_k);
+            case!(vectors::include_flags_and_documents);
+            case!(vectors::search_input_is_validated);
+        }
+    };
+}
+
+backend_suite!(sqlite, super::sqlite_plane);
+backend_suite!(postgres, super::postgres_plane);

@@ -3,3 +3,5 @@
 mod conformance;
 mod foundation;
 mod postgres;
+mod recall;
+mod vectors_http;

@@ -7,6 +7,7 @@
 //! `scripts/test` from `TP_TEST_STATE_DIR`.
 
 pub mod client;
+pub mod data;
 pub mod env;
 pub mod postgres;
 pub mod redis;

@@ -62,6 +62,7 @@ impl PgCluster {
                 "-R",
                 "-X",
                 "stream",
+                "--checkpoint=fast",
                 "--no-sync",
             ]),
             "pg_basebackup",
@@ -171,6 +172,22 @@ impl PgCluster {
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `standby` has replayed everything written here so far.
+    pub fn wait_until_replayed(&self, standby: &PgCluster) {
+        // The insert position: with synchronous_commit=off, committed records may
+        // still sit in WAL buffers behind the write position.
+        let lsn = self.psql("postgres", "SELECT pg_current_wal_insert_lsn()");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let query = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        while standby.psql("postgres", &query) != "t" {
+            assert!(
+                Instant::now() < deadline,
+                "standby did not replay up to {lsn}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

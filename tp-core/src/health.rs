@@ -154,6 +154,9 @@ impl Health {
         cached
             .as_ref()
             .filter(|(at, _)| at.elapsed() < PROBE_INTERVAL)
+            // A cached failure is stale once the pool has reconnected; while
+            // the database stays down a new probe fails fast without I/O.
+            .filter(|(_, probe)| probe.reachable || self.db.is_known_down())
             .map(|(_, probe)| probe.clone())
     }
 

@@ -223,6 +223,11 @@ impl Database {
         }
     }
 
+    /// True while connecting fails (requests are failed fast).
+    pub fn is_known_down(&self) -> bool {
+        self.signals.is_down()
+    }
+
     /// Pool occupancy for metrics.
     pub fn pool_state(&self) -> PoolState {
         let state = match &self.backend {
@@ -274,8 +279,23 @@ impl Database {
         let pool = pool.clone();
         let signals = self.signals.clone();
         tokio::spawn(async move {
-            // The error, if any, already reached the signals through the manager.
-            drop(pool.get().await);
+            // A successful connect clears the down flag in the manager; a
+            // failed one ends the probe at once instead of waiting out the
+            // pool timeout.
+            let mut failures = signals.subscribe();
+            failures.mark_unchanged();
+            tokio::select! {
+                got = pool.get() => {
+                    // An idle connection may be a dead one nobody noticed yet:
+                    // only an answered query proves the database is back.
+                    if let Ok(mut conn) = got
+                        && pool::ping(&mut conn).await
+                    {
+                        signals.connected();
+                    }
+                }
+                _ = failures.changed() => {}
+            }
             signals.end_probe();
         });
     }

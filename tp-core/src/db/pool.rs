@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use diesel_async::SimpleAsyncConnection;
 use diesel_async::pooled_connection::PoolableConnection;
 use tokio::sync::watch;
 
@@ -41,8 +42,12 @@ pub(crate) struct ConnectSignals {
     failures: watch::Sender<u64>,
     down: AtomicBool,
     probing: AtomicBool,
+    last_probe: Mutex<Option<Instant>>,
     last_error: Mutex<Option<(Instant, String)>>,
 }
+
+/// Least time between two background connect probes while the database is down.
+const PROBE_SPACING: Duration = Duration::from_millis(200);
 
 impl ConnectSignals {
     pub(crate) fn new() -> Self {
@@ -50,6 +55,7 @@ impl ConnectSignals {
             failures: watch::Sender::new(0),
             down: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            last_probe: Mutex::new(None),
             last_error: Mutex::new(None),
         }
     }
@@ -66,7 +72,7 @@ impl ConnectSignals {
         self.failures.send_modify(|n| *n += 1);
     }
 
-    fn connected(&self) {
+    pub(crate) fn connected(&self) {
         if self.down.swap(false, Ordering::AcqRel) {
             tracing::info!("database connection restored");
         }
@@ -91,14 +97,31 @@ impl ConnectSignals {
         self.failures.subscribe()
     }
 
-    /// Claims the single background probe slot; true when the caller should probe.
+    /// Claims the single background probe slot; true when the caller should
+    /// probe (none running, and the last one started long enough ago).
     pub(crate) fn begin_probe(&self) -> bool {
-        !self.probing.swap(true, Ordering::AcqRel)
+        let mut last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < PROBE_SPACING)
+            || self.probing.swap(true, Ordering::AcqRel)
+        {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     pub(crate) fn end_probe(&self) {
         self.probing.store(false, Ordering::Release);
     }
+}
+
+/// Runs `SELECT 1` on a connection; false poisons it.
+pub(crate) async fn ping<C: PoolableConnection + Send>(conn: &mut Tracked<C>) -> bool {
+    let ok = conn.conn.batch_execute("SELECT 1").await.is_ok();
+    if !ok {
+        conn.poison();
+    }
+    ok
 }
 
 /// The bb8 manager over a [`Connector`].

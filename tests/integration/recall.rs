@@ -1,0 +1,75 @@
+//! pgvector HNSW recall@10 against exact search on clustered data.
+
+use std::collections::HashSet;
+
+use tp_core::vector::{Metric, NewCollection, NewDocument, SearchRequest};
+use tp_tests::data::Clustered;
+
+use crate::conformance::postgres_plane;
+
+const DIM: usize = 96;
+const DOCS: usize = 10_000;
+const QUERIES: usize = 100;
+/// Asserted floor; the measured value is printed.
+const RECALL_FLOOR: f64 = 0.90;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hnsw_recall_at_10_on_clustered_data() {
+    let plane = postgres_plane().await;
+    let v = plane.vectors();
+    v.create_collection(NewCollection {
+        name: "recall".into(),
+        dimension: DIM as i64,
+        metric: Metric::Cosine,
+    })
+    .await
+    .unwrap();
+    let mut data = Clustered::new(42, DIM, 64, 0.6);
+    let docs: Vec<NewDocument> = (0..DOCS)
+        .map(|i| NewDocument {
+            id: format!("d{i}"),
+            vector: data.point(),
+            content: None,
+            metadata: None,
+        })
+        .collect();
+    for chunk in docs.chunks(1000) {
+        v.upsert("recall", chunk.to_vec()).await.unwrap();
+    }
+    let request = |vector: Vec<f32>, exact: bool| SearchRequest {
+        vector,
+        k: 10,
+        filter: None,
+        include: vec![],
+        ef_search: None,
+        exact,
+    };
+    let mut found = 0;
+    for _ in 0..QUERIES {
+        let q = data.point();
+        let approx: HashSet<String> = v
+            .search("recall", request(q.clone(), false))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        let exact: Vec<String> = v
+            .search("recall", request(q, true))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(exact.len(), 10);
+        found += exact.iter().filter(|id| approx.contains(*id)).count();
+    }
+    let recall = found as f64 / (QUERIES * 10) as f64;
+    println!(
+        "pgvector HNSW recall@10 at ef_search 40 on {DOCS} × {DIM} clustered vectors: {recall:.3}"
+    );
+    assert!(
+        recall >= RECALL_FLOOR,
+        "recall@10 {recall:.3} below {RECALL_FLOOR}"
+    );
+}

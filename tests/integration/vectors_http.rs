@@ -37,7 +37,8 @@ async fn bad_requests_get_stable_codes_and_write_nothing() {
     let mut env = sqlite_env(&dir);
     set(&mut env, "TP_MAX_BODY_BYTES", "65536");
     let replica = Replica::start(&env);
-    let client = Client::new();
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
     create(&client, &replica, "docs", 3).await;
     let docs = replica.url("/api/collections/docs/documents");
 
@@ -108,7 +109,7 @@ async fn bad_requests_get_stable_codes_and_write_nothing() {
 
     // A chunked body without Content-Length is cut off at the same limit.
     let mut stream = TcpStream::connect(replica.addr).unwrap();
-    let mut request = b"PUT /api/collections/docs/documents HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    let mut request = format!("PUT /api/collections/docs/documents HTTP/1.1\r\nHost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").into_bytes();
     for _ in 0..20 {
         request.extend_from_slice(format!("{:x}\r\n{}\r\n", 4096, " ".repeat(4096)).as_bytes());
     }
@@ -131,7 +132,8 @@ async fn sigterm_lets_a_request_in_flight_finish() {
     let mut env = sqlite_env(&dir);
     set(&mut env, "TP_DRAIN_DELAY_MS", "300");
     let mut replica = Replica::start(&env);
-    let client = Client::new();
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
     create(&client, &replica, "docs", 3).await;
 
     let body =
@@ -139,7 +141,7 @@ async fn sigterm_lets_a_request_in_flight_finish() {
     let mut stream = TcpStream::connect(replica.addr).unwrap();
     write!(
         stream,
-        "PUT /api/collections/docs/documents HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "PUT /api/collections/docs/documents HTTP/1.1\r\nHost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -176,7 +178,8 @@ async fn a_saturated_pool_answers_503_with_retry_after() {
     set(&mut env, "DB_POOL_MAX", "1");
     set(&mut env, "DB_CONNECT_TIMEOUT", "500");
     let replica = Replica::start(&env);
-    let client = Client::new();
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
     create(&client, &replica, "docs", 3).await;
 
     // Another session holds a lock, so the replica's only connection blocks on it.
@@ -223,7 +226,8 @@ async fn losing_the_database_fails_fast_and_recovers_without_restart() {
     let mut env = prod_env(&url);
     set(&mut env, "DB_CONNECT_TIMEOUT", "3000");
     let replica = Replica::start(&env);
-    let client = Client::new();
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
     create(&client, &replica, "docs", 3).await;
 
     cluster.stop();
@@ -290,7 +294,8 @@ async fn a_multi_host_url_follows_the_promoted_standby() {
     let mut env = prod_env(&url);
     set(&mut env, "DB_CONNECT_TIMEOUT", "2000");
     let replica = Replica::start(&env);
-    let client = Client::new();
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
     create(&client, &replica, "docs", 3).await;
     let upsert = |id: String| {
         let client = client.clone();

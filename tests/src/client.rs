@@ -15,6 +15,7 @@ use serde_json::Value;
 pub struct Client {
     inner: HyperClient<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    bearer: Option<String>,
 }
 
 /// A response, fully read.
@@ -61,7 +62,15 @@ impl Client {
                 .pool_idle_timeout(Duration::from_secs(5))
                 .build(connector),
             timeout: Duration::from_secs(10),
+            bearer: None,
         }
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` unless a
+    /// request sets its own.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.bearer = Some(format!("Bearer {token}"));
+        self
     }
 
     /// The same client with another timeout.
@@ -81,6 +90,13 @@ impl Client {
         let mut builder = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
+        }
+        if let Some(bearer) = &self.bearer
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            builder = builder.header("authorization", bearer.as_str());
         }
         let request = builder
             .body(Full::new(body.unwrap_or_default()))

@@ -32,6 +32,9 @@ pub fn prod_env(database_url: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// Password of the admin user tests create.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
 /// Replaces or adds `key=value` in an environment list.
 pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.retain(|(k, _)| k != key);
@@ -175,6 +178,47 @@ impl Replica {
             }
         }
         self.exited
+    }
+
+    /// Creates `username` with `role` through the CLI (if missing) and logs in;
+    /// returns the login response (access and refresh tokens).
+    pub async fn login_as(
+        &self,
+        env: &[(String, String)],
+        username: &str,
+        role: &str,
+    ) -> serde_json::Value {
+        let mut env = env.to_vec();
+        set(&mut env, "TP_USER_PASSWORD", ADMIN_PASSWORD);
+        let out = run(
+            &["user", "create", "--username", username, "--role", role],
+            &env,
+            Path::new("/tmp"),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("already exists"),
+            "user create failed: {stderr}"
+        );
+        let reply = crate::Client::new()
+            .json(
+                http::Method::POST,
+                &self.url("/api/auth/login"),
+                None,
+                &serde_json::json!({"username": username, "password": ADMIN_PASSWORD}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "login failed: {:?}", reply.json());
+        reply.json()
+    }
+
+    /// An access token of an admin user (created on first use).
+    pub async fn admin_token(&self, env: &[(String, String)]) -> String {
+        let login = self.login_as(env, "admin", "admin").await;
+        login["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
     }
 
     /// Everything logged so far.

@@ -1,5 +1,6 @@
 //! `tenant-plane`: the Tenant Plane server and its admin commands.
 
+mod admin;
 mod env;
 mod healthcheck;
 mod logging;
@@ -49,6 +50,45 @@ enum Command {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// Issue tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Create a user; the password comes from --password-stdin, TP_USER_PASSWORD, or is generated and printed.
+    Create {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Role: admin, member or viewer.
+        #[arg(long, default_value = "viewer", conflicts_with = "admin")]
+        role: tp_core::auth::Role,
+        /// Shorthand for --role admin (bootstrap the first admin).
+        #[arg(long)]
+        admin: bool,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Open a session for a user and print its access and refresh tokens.
+    Create {
+        /// Login name.
+        #[arg(long)]
+        username: String,
     },
 }
 
@@ -108,6 +148,32 @@ async fn run(command: Command) -> ExitCode {
             println!("configuration is valid\n{config:#?}");
             ExitCode::SUCCESS
         }
+        Command::User {
+            action:
+                UserAction::Create {
+                    username,
+                    role,
+                    admin,
+                    password_stdin,
+                },
+        } => {
+            let role = if admin {
+                tp_core::auth::Role::Admin
+            } else {
+                role
+            };
+            let source = if password_stdin {
+                admin::PasswordSource::Stdin
+            } else if std::env::var_os("TP_USER_PASSWORD").is_some() {
+                admin::PasswordSource::Env
+            } else {
+                admin::PasswordSource::Generate
+            };
+            admin::create_user(config, username, role, source).await
+        }
+        Command::Token {
+            action: TokenAction::Create { username },
+        } => admin::create_token(config, username).await,
         Command::Healthcheck { .. } => unreachable!("handled above"),
     }
 }

@@ -48,6 +48,7 @@ pub async fn run(config: Config) -> ExitCode {
         "listening"
     );
     if dev_mode {
+        crate::admin::bootstrap_dev_admin(&plane).await;
         print_dev_banner(local, &data_dir);
     }
     let api = tp_http::Api::new(plane);
@@ -86,12 +87,17 @@ async fn shutdown_signal() {
 
 fn print_dev_banner(addr: SocketAddr, data_dir: &std::path::Path) {
     let base = format!("http://{addr}");
+    let secrets = data_dir.join("dev-secrets.env");
     eprintln!(
         "\n  tenant-plane is running in DEV MODE (embedded SQLite, generated secrets, loopback only)\n\
          \n    data:     {data}/tenant-plane.db\
-         \n    secrets:  {data}/dev-secrets.env (mode 0600)\
+         \n    secrets:  {secrets} (mode 0600; the admin password is TP_DEV_ADMIN_PASSWORD there)\
          \n    health:   curl {base}/api/health\
+         \n\n  Get a token as the dev admin:\
+         \n    curl -s {base}/api/auth/login -H 'content-type: application/json' \\\
+         \n      -d \"{{\\\"username\\\":\\\"admin\\\",\\\"password\\\":\\\"$(sed -n 's/^TP_DEV_ADMIN_PASSWORD=//p' {secrets})\\\"}}\"\
          \n\n  Set TENANT_PLANE_DATABASE_URL, TENANT_ID, JWT_SECRET and ENCRYPTION_KEY for production.\n",
         data = data_dir.display(),
+        secrets = secrets.display(),
     );
 }

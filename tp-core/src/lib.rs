@@ -8,11 +8,13 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod health;
 mod plane;
+pub mod redis;
 pub mod time;
 pub mod vector;
 

@@ -7,10 +7,12 @@ use diesel::ExpressionMethods;
 use diesel::QueryDsl;
 use diesel_async::RunQueryDsl;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::{Database, schema::plane_info, with_conn};
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::redis::Redis;
 use crate::vector::Vectors;
 
 /// One replica's tenant plane: what a transport or an embedding host calls.
@@ -19,6 +21,8 @@ pub struct TenantPlane {
     db: Arc<Database>,
     health: Arc<Health>,
     vectors: Vectors,
+    auth: Auth,
+    redis: Option<Arc<Redis>>,
 }
 
 /// How the schema got ready at start.
@@ -38,78 +42,57 @@ impl TenantPlane {
     /// An unreachable PostgreSQL does not stop the start: the replica serves
     /// liveness, reports not ready, and migrates as soon as the database answers.
     pub async fn start(config: Config) -> Result<(Arc<TenantPlane>, StartupSchema)> {
+        Self::start_with(config, true).await
+    }
+
+    /// A plane for one-shot admin commands: no SQLite file lock, so it can
+    /// run next to a serving replica.
+    pub async fn start_admin(config: Config) -> Result<Arc<TenantPlane>> {
+        Ok(Self::start_with(config, false).await?.0)
+    }
+
+    async fn start_with(
+        config: Config,
+        exclusive: bool,
+    ) -> Result<(Arc<TenantPlane>, StartupSchema)> {
         let config = Arc::new(config);
-        let db = Arc::new(Database::open(&config.database)?);
+        let db = Arc::new(if exclusive {
+            Database::open(&config.database)?
+        } else {
+            Database::open_shared(&config.database)?
+        });
         let probe_timeout = config.database.connect_timeout.min(Duration::from_secs(2));
         let health = Arc::new(Health::new(db.clone(), config.vector_db(), probe_timeout));
-        let plane = Arc::new(TenantPlane {
-            vectors: Vectors::new(db.clone()),
-            config,
-            db,
-            health,
-        });
-        let schema = if !plane.config.database.auto_migrate {
-            plane.check_tenant().await?;
+        // The schema first: the services below read their tables at start.
+        let schema = if !config.database.auto_migrate {
+            check_tenant(&db, &config.tenant_id).await?;
             StartupSchema::NotMigrated
         } else {
-            match plane.prepare_schema().await {
+            match prepare_schema(&db, &config.tenant_id, &health).await {
                 Ok(applied) => StartupSchema::Migrated(applied),
-                Err(e) if e.code() == "database_unavailable" && plane.db.is_postgres() => {
+                Err(e) if e.code() == "database_unavailable" && db.is_postgres() => {
                     tracing::warn!(error = %e, "database unreachable at start; will migrate when it answers");
-                    tokio::spawn(retry_prepare(Arc::downgrade(&plane)));
                     StartupSchema::Deferred
                 }
                 Err(e) => return Err(e),
             }
         };
+        let redis = config.redis.as_ref().map(Redis::start).transpose()?;
+        if let Some(redis) = &redis {
+            health.register(redis.clone());
+        }
+        let plane = Arc::new(TenantPlane {
+            vectors: Vectors::new(db.clone()),
+            auth: Auth::start(&config, db.clone(), redis.clone()).await?,
+            redis,
+            config,
+            db,
+            health,
+        });
+        if schema == StartupSchema::Deferred {
+            tokio::spawn(retry_prepare(Arc::downgrade(&plane)));
+        }
         Ok((plane, schema))
-    }
-
-    async fn prepare_schema(&self) -> Result<Vec<String>> {
-        let applied = self.db.migrate().await?;
-        if !applied.is_empty() {
-            tracing::info!(versions = ?applied, "migrations applied");
-        }
-        self.check_tenant().await?;
-        self.health.invalidate();
-        Ok(applied)
-    }
-
-    /// Records the tenant on first start and refuses a database that belongs to another.
-    async fn check_tenant(&self) -> Result<()> {
-        let tenant = self.config.tenant_id.clone();
-        let owner: Option<String> = with_conn!(&self.db, |conn| {
-            let claimed = diesel::insert_into(plane_info::table)
-                .values((
-                    plane_info::key.eq("tenant_id"),
-                    plane_info::value.eq(&tenant),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await;
-            match claimed {
-                Ok(_) => {}
-                // Schema not migrated yet: nothing to compare with.
-                Err(e) if e.to_string().contains("plane_info") => return Ok(None),
-                Err(e) => return Err(e.into()),
-            }
-            let owner = plane_info::table
-                .filter(plane_info::key.eq("tenant_id"))
-                .select(plane_info::value)
-                .first::<String>(conn)
-                .await?;
-            Ok(Some(owner))
-        })?;
-        match owner {
-            Some(owner) if owner != tenant => Err(Error::conflict(
-                "tenant_mismatch",
-                format!(
-                    "this database belongs to tenant {owner:?}, not TENANT_ID={tenant:?}; \
-                     point TENANT_PLANE_DATABASE_URL at this tenant's database"
-                ),
-            )),
-            _ => Ok(()),
-        }
     }
 
     /// The configuration this plane runs with.
@@ -127,9 +110,65 @@ impl TenantPlane {
         &self.health
     }
 
+    /// Users, sessions, tokens and API keys.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// The Redis connection, when configured.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.redis.as_ref()
+    }
+
     /// Vector collections and search.
     pub fn vectors(&self) -> &Vectors {
         &self.vectors
+    }
+}
+
+async fn prepare_schema(db: &Database, tenant: &str, health: &Health) -> Result<Vec<String>> {
+    let applied = db.migrate().await?;
+    if !applied.is_empty() {
+        tracing::info!(versions = ?applied, "migrations applied");
+    }
+    check_tenant(db, tenant).await?;
+    health.invalidate();
+    Ok(applied)
+}
+
+/// Records the tenant on first start and refuses a database that belongs to another.
+async fn check_tenant(db: &Database, tenant: &str) -> Result<()> {
+    let owner: Option<String> = with_conn!(db, |conn| {
+        let claimed = diesel::insert_into(plane_info::table)
+            .values((
+                plane_info::key.eq("tenant_id"),
+                plane_info::value.eq(tenant),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await;
+        match claimed {
+            Ok(_) => {}
+            // Schema not migrated yet: nothing to compare with.
+            Err(e) if e.to_string().contains("plane_info") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let owner = plane_info::table
+            .filter(plane_info::key.eq("tenant_id"))
+            .select(plane_info::value)
+            .first::<String>(conn)
+            .await?;
+        Ok(Some(owner))
+    })?;
+    match owner {
+        Some(owner) if owner != tenant => Err(Error::conflict(
+            "tenant_mismatch",
+            format!(
+                "this database belongs to tenant {owner:?}, not TENANT_ID={tenant:?}; \
+                 point TENANT_PLANE_DATABASE_URL at this tenant's database"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -138,9 +177,12 @@ async fn retry_prepare(plane: std::sync::Weak<TenantPlane>) {
     loop {
         tokio::time::sleep(delay).await;
         let Some(plane) = plane.upgrade() else { return };
-        match plane.prepare_schema().await {
+        match prepare_schema(&plane.db, &plane.config.tenant_id, &plane.health).await {
             Ok(_) => {
                 tracing::info!("database reachable; schema ready");
+                if let Err(e) = plane.auth.revocations().load_all().await {
+                    tracing::warn!(error = %e, "revocations not loaded; the poll will retry");
+                }
                 return;
             }
             Err(e) if e.code() == "database_unavailable" => {

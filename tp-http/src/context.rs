@@ -4,9 +4,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, header};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
+use tp_core::auth::{ClientMeta, Principal};
 use tp_core::{Error, TenantPlane};
 
 use crate::RequestBody;
@@ -15,17 +16,35 @@ use crate::error::ApiError;
 /// Everything a handler may look at.
 pub(crate) struct Ctx {
     pub(crate) plane: Arc<TenantPlane>,
-    pub(crate) method: Method,
     pub(crate) headers: HeaderMap,
     pub(crate) query: Option<String>,
     pub(crate) params: Vec<(&'static str, String)>,
     pub(crate) client_ip: Option<IpAddr>,
-    pub(crate) request_id: String,
     pub(crate) body: Option<RequestBody>,
     pub(crate) max_body: usize,
+    pub(crate) principal: Option<Principal>,
 }
 
 impl Ctx {
+    /// The authenticated caller (routes with a role always have one).
+    pub(crate) fn principal(&self) -> Result<&Principal, ApiError> {
+        self.principal.as_ref().ok_or_else(|| {
+            Error::internal("route without authentication asked for a principal").into()
+        })
+    }
+
+    /// Client IP and user agent, for session records.
+    pub(crate) fn client_meta(&self) -> ClientMeta {
+        ClientMeta {
+            ip: self.client_ip.map(|ip| ip.to_string()),
+            user_agent: self
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+
     /// A path parameter by name (percent-decoded).
     pub(crate) fn param(&self, name: &str) -> &str {
         self.params

@@ -78,10 +78,15 @@ impl ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if error.kind() == ErrorKind::Unauthenticated {
-            let challenge = format!(
-                "Bearer realm=\"tenant-plane\", error=\"invalid_token\", error_description=\"{}\"",
-                error.code()
-            );
+            // RFC 6750 §3: no error code when the request carried no credentials.
+            let challenge = if error.code() == "missing_token" {
+                "Bearer realm=\"tenant-plane\"".to_owned()
+            } else {
+                format!(
+                    "Bearer realm=\"tenant-plane\", error=\"invalid_token\", error_description=\"{}\"",
+                    error.code()
+                )
+            };
             if let Ok(value) = HeaderValue::from_str(&challenge) {
                 headers.insert(header::WWW_AUTHENTICATE, value);
             }

@@ -19,6 +19,8 @@ pub(crate) type Handler = fn(Ctx) -> HandlerFuture;
 pub(crate) enum Access {
     /// Anyone; limited per client IP.
     Public,
+    /// A principal with at least this role; limited per principal.
+    Role(tp_core::auth::Role),
 }
 
 /// One method on one path.

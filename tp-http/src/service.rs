@@ -16,7 +16,7 @@ use tp_core::{Error, TenantPlane};
 
 use crate::context::Ctx;
 use crate::error::ApiError;
-use crate::router::{Miss, Router};
+use crate::router::{Access, Miss, Router};
 use crate::{BoxError, Response, client_ip, handlers, request_id};
 
 /// The TCP peer of a request, inserted as a request extension by the server.
@@ -75,7 +75,7 @@ impl Api {
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
 
-        let (mut response, route) = match inner.router.at(&parts.method, &path) {
+        let (response, route) = match inner.router.at(&parts.method, &path) {
             Err(Miss::NotFound) => (
                 ApiError::from(Error::not_found(
                     "route_not_found",
@@ -97,16 +97,44 @@ impl Api {
                 (response, "<unmatched>")
             }
             Ok(matched) => {
+                let principal = match matched.route.access {
+                    Access::Public => None,
+                    Access::Role(needed) => {
+                        let authorization = parts
+                            .headers
+                            .get(header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok());
+                        let authenticated = inner
+                            .plane
+                            .auth()
+                            .authenticate(authorization)
+                            .await
+                            .and_then(|p| p.require(needed).map(|()| p));
+                        match authenticated {
+                            Ok(principal) => Some(principal),
+                            Err(e) => {
+                                let response = ApiError::from(e).into_response(&request_id);
+                                return finish(
+                                    inner,
+                                    response,
+                                    &request_id,
+                                    &method,
+                                    matched.route.pattern,
+                                    started,
+                                );
+                            }
+                        }
+                    }
+                };
                 let ctx = Ctx {
                     plane: inner.plane.clone(),
-                    method: parts.method,
                     client_ip: client_ip::client_ip(peer, &parts.headers, &inner.trusted_proxies),
                     headers: parts.headers,
                     query: parts.uri.query().map(str::to_owned),
                     params: matched.params,
-                    request_id: request_id.clone(),
                     body: Some(body.map_err(Into::into).boxed_unsync()),
                     max_body: inner.max_body,
+                    principal,
                 };
                 let handler = matched.route.handler;
                 let outcome = tokio::time::timeout(inner.request_timeout, handler(ctx)).await;
@@ -126,25 +154,37 @@ impl Api {
             }
         };
 
-        let headers = response.headers_mut();
-        if let Ok(id) = HeaderValue::from_str(&request_id) {
-            headers.insert(request_id::HEADER, id);
-        }
-        if inner.plane.health().is_draining() {
-            // Ask HTTP/1 clients and proxies not to reuse this connection,
-            // so none is idle on it when the listener closes.
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        tracing::debug!(
-            request_id,
-            %method,
-            route,
-            status = response.status().as_u16(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "request"
-        );
-        response
+        finish(inner, response, &request_id, &method, route, started)
     }
+}
+
+/// Headers every response carries, and the request log line.
+fn finish(
+    inner: &Inner,
+    mut response: Response,
+    request_id: &str,
+    method: &http::Method,
+    route: &str,
+    started: Instant,
+) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert(request_id::HEADER, id);
+    }
+    if inner.plane.health().is_draining() {
+        // Ask HTTP/1 clients and proxies not to reuse this connection,
+        // so none is idle on it when the listener closes.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    tracing::debug!(
+        request_id,
+        %method,
+        route,
+        status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
 }
 
 type ApiFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;

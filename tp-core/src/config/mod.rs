@@ -86,6 +86,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Rate limit policy.
     pub rate_limit: RateLimitConfig,
+    /// Dev mode only: the password of the `admin` user created on first start.
+    pub dev_admin_password: Option<SecretString>,
 }
 
 /// Which database the plane stores its data in.
@@ -402,6 +404,7 @@ impl Config {
             license,
             http,
             rate_limit,
+            dev_admin_password: dev_secrets.map(|d| d.admin_password.into()),
         };
         config.validate()?;
         Ok(config)

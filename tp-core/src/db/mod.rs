@@ -111,8 +111,19 @@ pub struct PoolState {
 }
 
 impl Database {
-    /// Builds the pool without connecting, so a replica can start while the database is down.
+    /// Builds the pool without connecting, so a replica can start while the
+    /// database is down. On SQLite it takes the one-replica file lock.
     pub fn open(config: &DatabaseConfig) -> Result<Database> {
+        Self::open_with(config, true)
+    }
+
+    /// Like [`open`](Self::open) but without the SQLite file lock, for
+    /// one-shot admin commands next to a running replica.
+    pub fn open_shared(config: &DatabaseConfig) -> Result<Database> {
+        Self::open_with(config, false)
+    }
+
+    fn open_with(config: &DatabaseConfig, exclusive: bool) -> Result<Database> {
         let signals = Arc::new(ConnectSignals::new());
         fn builder<M: bb8::ManageConnection>(config: &DatabaseConfig, min: u32) -> bb8::Builder<M> {
             bb8::Pool::builder()
@@ -138,7 +149,12 @@ impl Database {
                 )
             }
             DatabaseUrl::Sqlite(path) => {
-                let lock = sqlite::lock_database_file(path)?;
+                let lock = if exclusive {
+                    Some(sqlite::lock_database_file(path)?)
+                } else {
+                    sqlite::ensure_parent(path)?;
+                    None
+                };
                 let connector =
                     Arc::new(sqlite::SqliteConnector::new(path, config.connect_timeout));
                 let manager = Manager {
@@ -150,7 +166,7 @@ impl Database {
                         builder(config, config.pool_min.max(1)).build_unchecked(manager),
                     ),
                     ConnectorRef::Sqlite(connector),
-                    Some(lock),
+                    lock,
                 )
             }
         };

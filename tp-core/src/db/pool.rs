@@ -11,7 +11,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use diesel_async::SimpleAsyncConnection;
 use diesel_async::pooled_connection::PoolableConnection;
 use tokio::sync::watch;
 

@@ -59,11 +59,7 @@ impl Connector for SqliteConnector {
 /// SQLite serves one replica: a second process on the same file is refused
 /// at start instead of corrupting state it caches in memory.
 pub(crate) fn lock_database_file(path: &Path) -> Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| {
-            Error::internal(format!("cannot create directory {}: {e}", dir.display()))
-        })?;
-    }
+    ensure_parent(path)?;
     let lock_path = path.with_extension("lock");
     let file = fs::OpenOptions::new()
         .create(true)
@@ -85,4 +81,14 @@ pub(crate) fn lock_database_file(path: &Path) -> Result<File> {
             lock_path.display()
         ))),
     }
+}
+
+/// Creates the directory that will hold the database file.
+pub(crate) fn ensure_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::internal(format!("cannot create directory {}: {e}", dir.display()))
+        })?;
+    }
+    Ok(())
 }

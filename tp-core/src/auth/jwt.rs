@@ -1,0 +1,192 @@
+//! HS256 access tokens: issued with the current secret, verified with the
+//! current or the previous one, and checked beyond what jsonwebtoken does.
+
+use std::time::Duration;
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::Role;
+use crate::config::AuthConfig;
+use crate::error::{Error, Result};
+
+/// Largest token accepted; longer ones are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The claims of an access token. Unknown claims are refused: the plane only
+/// accepts tokens it issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Tenant id.
+    pub tid: String,
+    /// Session id.
+    pub sid: String,
+    /// `admin`, `member` or `viewer`.
+    pub role: String,
+    /// Issued at (seconds).
+    pub iat: i64,
+    /// Expires at (seconds).
+    pub exp: i64,
+    /// Not before (seconds), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Token id.
+    pub jti: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+}
+
+/// Signing and verification keys with the checks of one tenant.
+pub struct Jwt {
+    encoding: EncodingKey,
+    decoding: Vec<DecodingKey>,
+    validation: Validation,
+    tenant: String,
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+    leeway: Duration,
+}
+
+fn invalid() -> Error {
+    Error::unauthenticated("invalid_token", "the access token is invalid")
+}
+
+impl Jwt {
+    /// Keys and rules from the configuration.
+    pub fn new(config: &AuthConfig, tenant: &str) -> Self {
+        let current = config.jwt_secret.expose_secret().as_bytes();
+        let mut decoding = vec![DecodingKey::from_secret(current)];
+        if let Some(previous) = &config.jwt_secret_previous {
+            decoding.push(DecodingKey::from_secret(
+                previous.expose_secret().as_bytes(),
+            ));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        Self {
+            encoding: EncodingKey::from_secret(current),
+            decoding,
+            validation,
+            tenant: tenant.to_owned(),
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            ttl: config.access_ttl,
+            leeway: config.leeway,
+        }
+    }
+
+    /// Lifetime of issued tokens.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Signs a token for `user` in session `sid`; returns it with its `exp`.
+    pub fn issue(&self, user_id: &str, sid: &str, role: Role) -> Result<(String, i64)> {
+        let now = crate::time::now_secs();
+        let exp = now + i64::try_from(self.ttl.as_secs()).unwrap_or(900);
+        let claims = Claims {
+            sub: user_id.to_owned(),
+            tid: self.tenant.clone(),
+            sid: sid.to_owned(),
+            role: role.as_str().to_owned(),
+            iat: now,
+            exp,
+            nbf: None,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some("JWT".into());
+        let token = encode(&header, &claims, &self.encoding)
+            .map_err(|e| Error::internal(format!("jwt encode: {e}")))?;
+        Ok((token, exp))
+    }
+
+    /// Verifies a token; no I/O. Revocation is checked by the caller.
+    pub fn verify(&self, token: &str) -> Result<Claims> {
+        if token.len() > MAX_TOKEN_BYTES
+            || token.split('.').count() != 3
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(invalid());
+        }
+        let header = decode_header(token).map_err(|_| invalid())?;
+        let header_ok = header.alg == Algorithm::HS256
+            && header
+                .typ
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case("JWT"))
+            && header.crit.is_none()
+            && header.jku.is_none()
+            && header.jwk.is_none()
+            && header.url.is_none()
+            && header.cty.is_none();
+        if !header_ok {
+            return Err(invalid());
+        }
+        let mut outcome = Err(invalid());
+        for key in &self.decoding {
+            match decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => {
+                    outcome = Ok(data.claims);
+                    break;
+                }
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind as K;
+                    match e.kind() {
+                        // Try the previous secret on a signature mismatch only.
+                        K::InvalidSignature => continue,
+                        K::ExpiredSignature => {
+                            return Err(Error::unauthenticated(
+                                "token_expired",
+                                "the access token has expired",
+                            ));
+                        }
+                        _ => return Err(invalid()),
+                    }
+                }
+            }
+        }
+        let claims = outcome?;
+        let now = crate::time::now_secs();
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(0);
+        let strings = [
+            &claims.sub,
+            &claims.tid,
+            &claims.sid,
+            &claims.role,
+            &claims.jti,
+            &claims.iss,
+            &claims.aud,
+        ];
+        if claims.tid != self.tenant
+            || claims.iat > now + leeway
+            || claims.exp <= claims.iat
+            || strings
+                .iter()
+                .any(|s| s.is_empty() || s.len() > 256 || s.chars().any(char::is_control))
+        {
+            return Err(invalid());
+        }
+        claims.role.parse::<Role>().map_err(|_| invalid())?;
+        Ok(claims)
+    }
+}

@@ -4,4 +4,6 @@ mod conformance;
 mod foundation;
 mod postgres;
 mod recall;
+mod revocation;
+mod tokens;
 mod vectors_http;

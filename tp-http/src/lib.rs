@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 
 pub use request_id::HEADER as REQUEST_ID_HEADER;
-pub use service::{Api, PeerAddr};
+pub use service::{Api, PeerAddr, RouteInfo};
 
 /// The response type of every route.
 pub type Response = http::Response<Full<Bytes>>;

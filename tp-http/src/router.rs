@@ -85,6 +85,11 @@ impl Router {
         ));
     }
 
+    /// Every route: method, pattern and access.
+    pub(crate) fn list(&self) -> impl Iterator<Item = (&Method, &Route)> {
+        self.methods.iter().flatten().map(|(m, r)| (m, r))
+    }
+
     /// Finds the route for `method` on `path`.
     pub(crate) fn at(&self, method: &Method, path: &str) -> Result<Matched<'_>, Miss> {
         let found = self.paths.at(path).map_err(|_| Miss::NotFound)?;

@@ -26,6 +26,17 @@ use crate::{BoxError, Response, client_ip, handlers, request_id};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// One route of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// HTTP method.
+    pub method: http::Method,
+    /// Path pattern, with `{name}` parameters.
+    pub pattern: &'static str,
+    /// Least role needed; `None` for public routes.
+    pub role: Option<tp_core::auth::Role>,
+}
+
 /// The tenant plane's HTTP API. Cheap to clone; mount it anywhere a hyper or
 /// tower service over `http::Request<B>` fits.
 #[derive(Clone)]
@@ -54,6 +65,22 @@ impl Api {
                 trusted_proxies: http.trusted_proxies,
             }),
         }
+    }
+
+    /// Every route with the role it needs (`None`: public), for docs and tests.
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        self.inner
+            .router
+            .list()
+            .map(|(method, route)| RouteInfo {
+                method: method.clone(),
+                pattern: route.pattern,
+                role: match route.access {
+                    Access::Public => None,
+                    Access::Role(role) => Some(role),
+                },
+            })
+            .collect()
     }
 
     /// The plane this API serves.

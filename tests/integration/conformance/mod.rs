@@ -4,6 +4,7 @@
 //! whole list out once per backend, so both pass the same tests or neither
 //! is done.
 
+mod auth;
 mod vectors;
 
 use std::collections::BTreeMap;
@@ -28,14 +29,20 @@ pub async fn postgres_plane() -> Arc<TenantPlane> {
 }
 
 async fn plane(url: &str) -> Arc<TenantPlane> {
+    plane_with(url, &[]).await
+}
+
+/// A plane on `url` with extra configuration.
+pub async fn plane_with(url: &str, extra: &[(&str, &str)]) -> Arc<TenantPlane> {
     let env: BTreeMap<String, String> = [
         ("TENANT_ID", "acme-corp"),
         ("JWT_SECRET", JWT_SECRET),
         ("ENCRYPTION_KEY", ENCRYPTION_KEY),
         ("TENANT_PLANE_DATABASE_URL", url),
     ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
     .collect();
     let config = Config::from_env(&env).expect("config");
     TenantPlane::start(config).await.expect("plane starts").0
@@ -45,7 +52,7 @@ async fn plane(url: &str) -> Arc<TenantPlane> {
 macro_rules! backend_suite {
     ($backend:ident, $make:path) => {
         mod $backend {
-            use super::vectors;
+            use super::{auth, vectors};
 
             macro_rules! case {
                 ($module:ident :: $name:ident) => {
@@ -65,6 +72,12 @@ macro_rules! backend_suite {
             case!(vectors::filtered_search_still_returns_k);
             case!(vectors::include_flags_and_documents);
             case!(vectors::search_input_is_validated);
+            case!(auth::users_are_validated);
+            case!(auth::login_checks_the_password_the_same_way_for_unknown_users);
+            case!(auth::refresh_rotates_and_reuse_ends_the_session);
+            case!(auth::logout_and_termination_end_sessions);
+            case!(auth::disabling_a_user_ends_every_session);
+            case!(auth::api_keys_verify_until_revoked);
         }
     };
 }

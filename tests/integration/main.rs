@@ -3,6 +3,7 @@
 mod conformance;
 mod foundation;
 mod postgres;
+mod ratelimit;
 mod recall;
 mod revocation;
 mod tokens;

@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 mod plane;
+pub mod ratelimit;
 pub mod redis;
 pub mod time;
 pub mod vector;

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::db::{Database, schema::plane_info, with_conn};
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::ratelimit::RateLimiter;
 use crate::redis::Redis;
 use crate::vector::Vectors;
 
@@ -23,6 +24,7 @@ pub struct TenantPlane {
     vectors: Vectors,
     auth: Auth,
     redis: Option<Arc<Redis>>,
+    rate_limiter: Arc<RateLimiter>,
 }
 
 /// How the schema got ready at start.
@@ -81,7 +83,10 @@ impl TenantPlane {
         if let Some(redis) = &redis {
             health.register(redis.clone());
         }
+        let rate_limiter = RateLimiter::new(&config.rate_limit, redis.clone(), &config.tenant_id);
+        health.register(rate_limiter.clone());
         let plane = Arc::new(TenantPlane {
+            rate_limiter,
             vectors: Vectors::new(db.clone()),
             auth: Auth::start(&config, db.clone(), redis.clone()).await?,
             redis,
@@ -118,6 +123,11 @@ impl TenantPlane {
     /// The Redis connection, when configured.
     pub fn redis(&self) -> Option<&Arc<Redis>> {
         self.redis.as_ref()
+    }
+
+    /// Rate limits.
+    pub fn rate_limiter(&self) -> &Arc<RateLimiter> {
+        &self.rate_limiter
     }
 
     /// Vector collections and search.

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tp_core::config::IpNet;
+use tp_core::ratelimit::{Decision, LimitClass, Source};
 use tp_core::{Error, TenantPlane};
 
 use crate::context::Ctx;
@@ -153,6 +154,28 @@ impl Api {
                         }
                     }
                 };
+                let limit = match limit(
+                    inner,
+                    matched.route.pattern,
+                    principal.as_ref(),
+                    peer,
+                    &parts.headers,
+                    &request_id,
+                )
+                .await
+                {
+                    Ok(decision) => decision,
+                    Err(response) => {
+                        return finish(
+                            inner,
+                            response,
+                            &request_id,
+                            &method,
+                            matched.route.pattern,
+                            started,
+                        );
+                    }
+                };
                 let ctx = Ctx {
                     plane: inner.plane.clone(),
                     client_ip: client_ip::client_ip(peer, &parts.headers, &inner.trusted_proxies),
@@ -165,7 +188,7 @@ impl Api {
                 };
                 let handler = matched.route.handler;
                 let outcome = tokio::time::timeout(inner.request_timeout, handler(ctx)).await;
-                let response = match outcome {
+                let mut response = match outcome {
                     Ok(Ok(response)) => response,
                     Ok(Err(e)) => e.into_response(&request_id),
                     Err(_) => ApiError::from(Error::Timeout {
@@ -177,11 +200,74 @@ impl Api {
                     })
                     .into_response(&request_id),
                 };
+                if let Some(decision) = limit {
+                    rate_limit_headers(&mut response, &decision);
+                }
                 (response, matched.route.pattern)
             }
         };
 
         finish(inner, response, &request_id, &method, route, started)
+    }
+}
+
+/// Applies the rate limit of the route; `Err` is the refusal to send.
+async fn limit(
+    inner: &Inner,
+    pattern: &str,
+    principal: Option<&tp_core::auth::Principal>,
+    peer: Option<std::net::IpAddr>,
+    headers: &http::HeaderMap,
+    request_id: &str,
+) -> Result<Option<Decision>, Response> {
+    // Probes are never limited: a load balancer must always see the truth.
+    if pattern.starts_with("/api/health") {
+        return Ok(None);
+    }
+    let ip = || {
+        let ip = client_ip::client_ip(peer, headers, &inner.trusted_proxies);
+        format!(
+            "ip:{}",
+            ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+        )
+    };
+    let (class, key) = match principal {
+        _ if pattern == "/api/auth/login" => (LimitClass::Login, ip()),
+        Some(principal) => (LimitClass::User, principal.key()),
+        None => (LimitClass::Anonymous, ip()),
+    };
+    let decision = inner.plane.rate_limiter().check(class, &key).await;
+    if decision.allowed {
+        return Ok(Some(decision));
+    }
+    let error = match decision.source {
+        Source::FailClosed => Error::unavailable(
+            "rate_limiter_unavailable",
+            "the rate limiter is unavailable; retry shortly",
+            decision.retry_after,
+        ),
+        _ => Error::RateLimited {
+            retry_after: decision.retry_after.unwrap_or(Duration::from_secs(1)),
+        },
+    };
+    let mut response = ApiError::from(error).into_response(request_id);
+    rate_limit_headers(&mut response, &decision);
+    Err(response)
+}
+
+/// `RateLimit-Limit`, `-Remaining`, `-Reset` (draft-ietf-httpapi-ratelimit-headers) and the policy.
+fn rate_limit_headers(response: &mut Response, decision: &Decision) {
+    let headers = response.headers_mut();
+    let reset = decision.reset_after.as_secs() + u64::from(decision.reset_after.subsec_nanos() > 0);
+    let policy = decision.policy;
+    headers.insert("ratelimit-limit", HeaderValue::from(policy.burst));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert("ratelimit-reset", HeaderValue::from(reset));
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "{};w=60;burst={};name=\"{}\"",
+        policy.per_minute, policy.burst, policy.name
+    )) {
+        headers.insert("ratelimit-policy", value);
     }
 }
 

@@ -1,5 +1,8 @@
 //! The one integration test binary: real replicas, databases and services on loopback.
 
+// Helpers shared by tests panic with context by design.
+#![allow(clippy::unwrap_used)]
+
 mod conformance;
 mod foundation;
 mod postgres;

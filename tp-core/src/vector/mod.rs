@@ -12,7 +12,6 @@ pub mod model;
 mod pg;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,207 +85,171 @@ impl Vectors {
     }
 
     /// Creates a collection (and, on PostgreSQL, its HNSW index).
-    pub fn create_collection(
-        &self,
-        new: NewCollection,
-    ) -> impl Future<Output = Result<Collection>> + Send {
-        async move {
-            let name = CollectionName::parse(&new.name)?;
-            let dimension = Dimension::new(new.dimension)?;
-            let id = uuid::Uuid::now_v7().simple().to_string();
-            let created_at = now_ms();
-            let index_ddl = self
-                .db
-                .is_postgres()
-                .then(|| pg::create_index_sql(&id, dimension.get(), new.metric));
-            let dim = i32::try_from(dimension.get()).unwrap_or_default();
-            let result: Result<()> = with_conn!(&self.db, |conn| {
-                conn.transaction::<_, Error, _>(async |c| {
-                    diesel::insert_into(collections::table)
-                        .values((
-                            collections::id.eq(&id),
-                            collections::name.eq(name.as_str()),
-                            collections::dimension.eq(dim),
-                            collections::metric.eq(new.metric.as_str()),
-                            collections::created_at.eq(created_at),
-                        ))
-                        .execute(c)
-                        .await?;
-                    if let Some(ddl) = &index_ddl {
-                        diesel::sql_query(ddl).execute(c).await?;
-                    }
-                    Ok(())
-                })
-                .await
-            });
-            match result {
-                Err(e) if e.code() == "already_exists" => {
-                    return Err(Error::conflict(
-                        "collection_exists",
-                        format!("collection {:?} already exists", name.as_str()),
-                    ));
+    pub async fn create_collection(&self, new: NewCollection) -> Result<Collection> {
+        let name = CollectionName::parse(&new.name)?;
+        let dimension = Dimension::new(new.dimension)?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let created_at = now_ms();
+        let index_ddl = self
+            .db
+            .is_postgres()
+            .then(|| pg::create_index_sql(&id, dimension.get(), new.metric));
+        let dim = i32::try_from(dimension.get()).unwrap_or_default();
+        let result: Result<()> = with_conn!(&self.db, |conn| {
+            conn.transaction::<_, Error, _>(async |c| {
+                diesel::insert_into(collections::table)
+                    .values((
+                        collections::id.eq(&id),
+                        collections::name.eq(name.as_str()),
+                        collections::dimension.eq(dim),
+                        collections::metric.eq(new.metric.as_str()),
+                        collections::created_at.eq(created_at),
+                    ))
+                    .execute(c)
+                    .await?;
+                if let Some(ddl) = &index_ddl {
+                    diesel::sql_query(ddl).execute(c).await?;
                 }
-                other => other?,
+                Ok(())
+            })
+            .await
+        });
+        match result {
+            Err(e) if e.code() == "already_exists" => {
+                return Err(Error::conflict(
+                    "collection_exists",
+                    format!("collection {:?} already exists", name.as_str()),
+                ));
             }
-            let collection = Collection {
-                id,
-                name: name.as_str().to_owned(),
-                dimension: dimension.get(),
-                metric: new.metric,
-                created_at: rfc3339_ms(created_at),
-                document_count: Some(0),
-            };
-            self.remember(&collection);
-            Ok(collection)
+            other => other?,
         }
+        let collection = Collection {
+            id,
+            name: name.as_str().to_owned(),
+            dimension: dimension.get(),
+            metric: new.metric,
+            created_at: rfc3339_ms(created_at),
+            document_count: Some(0),
+        };
+        self.remember(&collection);
+        Ok(collection)
     }
 
     /// All collections, by name.
-    pub fn list_collections(&self) -> impl Future<Output = Result<Vec<Collection>>> + Send {
-        async move {
-            let rows: Vec<CollectionRow> = with_conn!(&self.db, |conn| {
-                Ok(collections::table
-                    .order(collections::name)
-                    .load::<CollectionRow>(conn)
-                    .await?)
-            })?;
-            rows.into_iter()
-                .map(CollectionRow::into_collection)
-                .collect()
-        }
+    pub async fn list_collections(&self) -> Result<Vec<Collection>> {
+        let rows: Vec<CollectionRow> = with_conn!(&self.db, |conn| {
+            Ok(collections::table
+                .order(collections::name)
+                .load::<CollectionRow>(conn)
+                .await?)
+        })?;
+        rows.into_iter()
+            .map(CollectionRow::into_collection)
+            .collect()
     }
 
     /// A collection with its document count.
-    pub fn get_collection(&self, name: &str) -> impl Future<Output = Result<Collection>> + Send {
-        async move {
-            let mut collection = self.load(name).await?;
-            let id = collection.id.clone();
-            let count: Vec<Count> = with_conn!(&self.db, |conn| {
-                Ok(diesel::sql_query(
-                    "SELECT count(*) AS n FROM documents WHERE collection_id = $1",
-                )
-                .bind::<diesel::sql_types::Text, _>(&id)
-                .load::<Count>(conn)
-                .await?)
-            })?;
-            collection.document_count = count
-                .into_iter()
-                .next()
-                .map(|c| u64::try_from(c.n).unwrap_or(0));
-            Ok(collection)
-        }
+    pub async fn get_collection(&self, name: &str) -> Result<Collection> {
+        let mut collection = self.load(name).await?;
+        let id = collection.id.clone();
+        let count: Vec<Count> = with_conn!(&self.db, |conn| {
+            Ok(
+                diesel::sql_query("SELECT count(*) AS n FROM documents WHERE collection_id = $1")
+                    .bind::<diesel::sql_types::Text, _>(&id)
+                    .load::<Count>(conn)
+                    .await?,
+            )
+        })?;
+        collection.document_count = count
+            .into_iter()
+            .next()
+            .map(|c| u64::try_from(c.n).unwrap_or(0));
+        Ok(collection)
     }
 
     /// Deletes a collection and all its documents.
-    pub fn delete_collection(&self, name: &str) -> impl Future<Output = Result<()>> + Send {
-        async move {
-            let collection = self.fresh(name).await?;
-            let drop_index = self
-                .db
-                .is_postgres()
-                .then(|| pg::drop_index_sql(&collection.id));
-            let id = collection.id.clone();
-            with_conn!(&self.db, |conn| {
-                conn.transaction::<_, Error, _>(async |c| {
-                    diesel::sql_query("DELETE FROM documents WHERE collection_id = $1")
-                        .bind::<diesel::sql_types::Text, _>(&id)
-                        .execute(c)
-                        .await?;
-                    diesel::delete(collections::table.filter(collections::id.eq(&id)))
-                        .execute(c)
-                        .await?;
-                    if let Some(ddl) = &drop_index {
-                        diesel::sql_query(ddl).execute(c).await?;
-                    }
-                    Ok(())
-                })
-                .await
-            })?;
-            self.forget(name);
-            if let Some(embedded) = &self.embedded {
-                embedded.forget(&collection.id);
-            }
-            Ok(())
+    pub async fn delete_collection(&self, name: &str) -> Result<()> {
+        let collection = self.fresh(name).await?;
+        let drop_index = self
+            .db
+            .is_postgres()
+            .then(|| pg::drop_index_sql(&collection.id));
+        let id = collection.id.clone();
+        with_conn!(&self.db, |conn| {
+            conn.transaction::<_, Error, _>(async |c| {
+                diesel::sql_query("DELETE FROM documents WHERE collection_id = $1")
+                    .bind::<diesel::sql_types::Text, _>(&id)
+                    .execute(c)
+                    .await?;
+                diesel::delete(collections::table.filter(collections::id.eq(&id)))
+                    .execute(c)
+                    .await?;
+                if let Some(ddl) = &drop_index {
+                    diesel::sql_query(ddl).execute(c).await?;
+                }
+                Ok(())
+            })
+            .await
+        })?;
+        self.forget(name);
+        if let Some(embedded) = &self.embedded {
+            embedded.forget(&collection.id);
         }
+        Ok(())
     }
 
     /// Inserts or replaces documents in one transaction: all or nothing.
-    pub fn upsert(
-        &self,
-        name: &str,
-        mut documents: Vec<NewDocument>,
-    ) -> impl Future<Output = Result<usize>> + Send {
-        async move {
-            let collection = self.load(name).await?;
-            model::check_batch(&mut documents, &collection)?;
-            let result = match &self.embedded {
-                Some(embedded) => embedded.upsert(&self.db, &collection, &documents).await,
-                None => pg::upsert(&self.db, &collection, &documents).await,
-            };
-            self.on_missing_collection(name, result)
-        }
+    pub async fn upsert(&self, name: &str, mut documents: Vec<NewDocument>) -> Result<usize> {
+        let collection = self.load(name).await?;
+        model::check_batch(&mut documents, &collection)?;
+        let result = match &self.embedded {
+            Some(embedded) => embedded.upsert(&self.db, &collection, &documents).await,
+            None => pg::upsert(&self.db, &collection, &documents).await,
+        };
+        self.on_missing_collection(name, result)
     }
 
     /// One document.
-    pub fn get_document(
-        &self,
-        name: &str,
-        id: &str,
-        with_vector: bool,
-    ) -> impl Future<Output = Result<Document>> + Send {
-        async move {
-            let collection = self.load(name).await?;
-            model::check_document_id(id)?;
-            let document = match &self.embedded {
-                Some(embedded) => embedded.get(&self.db, &collection, id, with_vector).await?,
-                None => pg::get(&self.db, &collection, id, with_vector).await?,
-            };
-            document.ok_or_else(|| {
-                Error::not_found(
-                    "document_not_found",
-                    format!("document {id:?} is not in collection {name:?}"),
-                )
-            })
-        }
+    pub async fn get_document(&self, name: &str, id: &str, with_vector: bool) -> Result<Document> {
+        let collection = self.load(name).await?;
+        model::check_document_id(id)?;
+        let document = match &self.embedded {
+            Some(embedded) => embedded.get(&self.db, &collection, id, with_vector).await?,
+            None => pg::get(&self.db, &collection, id, with_vector).await?,
+        };
+        document.ok_or_else(|| {
+            Error::not_found(
+                "document_not_found",
+                format!("document {id:?} is not in collection {name:?}"),
+            )
+        })
     }
 
     /// Deletes documents by id; returns how many existed.
-    pub fn delete_documents(
-        &self,
-        name: &str,
-        ids: Vec<String>,
-    ) -> impl Future<Output = Result<usize>> + Send {
-        async move {
-            let collection = self.load(name).await?;
-            if ids.is_empty() || ids.len() > model::MAX_BATCH {
-                return Err(Error::invalid(
-                    "invalid_batch",
-                    format!("give 1 to {} ids", model::MAX_BATCH),
-                ));
-            }
-            for id in &ids {
-                model::check_document_id(id)?;
-            }
-            match &self.embedded {
-                Some(embedded) => embedded.delete(&self.db, &collection, &ids).await,
-                None => pg::delete(&self.db, &collection, &ids).await,
-            }
+    pub async fn delete_documents(&self, name: &str, ids: Vec<String>) -> Result<usize> {
+        let collection = self.load(name).await?;
+        if ids.is_empty() || ids.len() > model::MAX_BATCH {
+            return Err(Error::invalid(
+                "invalid_batch",
+                format!("give 1 to {} ids", model::MAX_BATCH),
+            ));
+        }
+        for id in &ids {
+            model::check_document_id(id)?;
+        }
+        match &self.embedded {
+            Some(embedded) => embedded.delete(&self.db, &collection, &ids).await,
+            None => pg::delete(&self.db, &collection, &ids).await,
         }
     }
 
     /// The `k` nearest documents to the query that pass its filter, best first.
-    pub fn search(
-        &self,
-        name: &str,
-        request: SearchRequest,
-    ) -> impl Future<Output = Result<Vec<SearchHit>>> + Send {
-        async move {
-            let collection = self.load(name).await?;
-            let search = request.validate(&collection)?;
-            match &self.embedded {
-                Some(embedded) => embedded.search(&self.db, &collection, search).await,
-                None => pg::search(&self.db, &collection, &search).await,
-            }
+    pub async fn search(&self, name: &str, request: SearchRequest) -> Result<Vec<SearchHit>> {
+        let collection = self.load(name).await?;
+        let search = request.validate(&collection)?;
+        match &self.embedded {
+            Some(embedded) => embedded.search(&self.db, &collection, search).await,
+            None => pg::search(&self.db, &collection, &search).await,
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod conformance;
 mod foundation;
+mod observability;
 mod postgres;
 mod ratelimit;
 mod recall;

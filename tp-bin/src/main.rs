@@ -5,6 +5,7 @@ mod env;
 mod healthcheck;
 mod logging;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -138,9 +139,20 @@ async fn run(command: Command) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    logging::init(logging::wants_json(config.dev_mode));
+    let json_logs = logging::wants_json(config.dev_mode);
+    if let Command::Serve = command {
+        let telemetry = match telemetry::init(json_logs) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: telemetry: {e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        };
+        return serve::run(config, telemetry).await;
+    }
+    logging::init(json_logs);
     match command {
-        Command::Serve => serve::run(config).await,
+        Command::Serve => unreachable!("handled above"),
         Command::Migrate => migrate(config).await,
         Command::Config {
             action: ConfigAction::Check,

@@ -11,7 +11,7 @@ use tp_http::server::{self, Shutdown};
 use crate::exit;
 
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: Config) -> ExitCode {
+pub async fn run(config: Config, telemetry: crate::telemetry::Telemetry) -> ExitCode {
     let http = config.http.clone();
     let dev_mode = config.dev_mode;
     let data_dir = config.data_dir.clone();
@@ -51,8 +51,15 @@ pub async fn run(config: Config) -> ExitCode {
         crate::admin::bootstrap_dev_admin(&plane).await;
         print_dev_banner(local, &data_dir);
     }
+    telemetry.observe(&plane);
+    if telemetry.otlp() {
+        tracing::info!("exporting metrics and traces over OTLP");
+    }
     let api = tp_http::Api::new(plane);
-    match server::serve(listener, api, &http, shutdown_signal()).await {
+    api.set_metrics_renderer(telemetry.renderer());
+    let outcome = server::serve(listener, api, &http, shutdown_signal()).await;
+    telemetry.shutdown().await;
+    match outcome {
         Ok(Shutdown::Clean) => {
             tracing::info!("shut down cleanly");
             ExitCode::SUCCESS

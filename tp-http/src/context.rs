@@ -23,6 +23,7 @@ pub(crate) struct Ctx {
     pub(crate) body: Option<RequestBody>,
     pub(crate) max_body: usize,
     pub(crate) principal: Option<Principal>,
+    pub(crate) metrics: Option<crate::MetricsRenderer>,
 }
 
 impl Ctx {

@@ -17,12 +17,13 @@ mod response;
 mod router;
 pub mod server;
 mod service;
+mod telemetry;
 
 use bytes::Bytes;
 use http_body_util::Full;
 
 pub use request_id::HEADER as REQUEST_ID_HEADER;
-pub use service::{Api, PeerAddr, RouteInfo};
+pub use service::{Api, MetricsRenderer, PeerAddr, RouteInfo};
 
 /// The response type of every route.
 pub type Response = http::Response<Full<Bytes>>;

@@ -18,7 +18,8 @@ use tp_core::{Error, TenantPlane};
 use crate::context::Ctx;
 use crate::error::ApiError;
 use crate::router::{Access, Miss, Router};
-use crate::{BoxError, Response, client_ip, handlers, request_id};
+use crate::{BoxError, Response, client_ip, handlers, request_id, telemetry};
+use tracing::Instrument;
 
 /// The TCP peer of a request, inserted as a request extension by the server.
 ///
@@ -45,7 +46,11 @@ pub struct Api {
     inner: Arc<Inner>,
 }
 
+/// Renders the Prometheus text of `GET /metrics`.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
 struct Inner {
+    metrics: std::sync::OnceLock<MetricsRenderer>,
     plane: Arc<TenantPlane>,
     router: Router,
     max_body: usize,
@@ -59,6 +64,7 @@ impl Api {
         let http = plane.config().http.clone();
         Api {
             inner: Arc::new(Inner {
+                metrics: std::sync::OnceLock::new(),
                 plane,
                 router: handlers::routes(),
                 max_body: http.max_body_bytes,
@@ -84,6 +90,11 @@ impl Api {
             .collect()
     }
 
+    /// Serves `GET /metrics` with `render` (set once; later calls are ignored).
+    pub fn set_metrics_renderer(&self, render: MetricsRenderer) {
+        let _ = self.inner.metrics.set(render);
+    }
+
     /// The plane this API serves.
     pub fn plane(&self) -> &Arc<TenantPlane> {
         &self.inner.plane
@@ -95,9 +106,20 @@ impl Api {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let request_id = request_id::from_headers(request.headers());
+        let span = telemetry::request_span(request.headers(), &request_id, request.method());
+        self.handle_in_span(request, request_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_in_span<B>(&self, request: Request<B>, request_id: String) -> Response
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let started = Instant::now();
         let inner = &self.inner;
-        let request_id = request_id::from_headers(request.headers());
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let (parts, body) = request.into_parts();
         let method = parts.method.clone();
@@ -185,6 +207,7 @@ impl Api {
                     body: Some(body.map_err(Into::into).boxed_unsync()),
                     max_body: inner.max_body,
                     principal,
+                    metrics: inner.metrics.get().cloned(),
                 };
                 let handler = matched.route.handler;
                 let outcome = tokio::time::timeout(inner.request_timeout, handler(ctx)).await;
@@ -220,8 +243,8 @@ async fn limit(
     headers: &http::HeaderMap,
     request_id: &str,
 ) -> Result<Option<Decision>, Response> {
-    // Probes are never limited: a load balancer must always see the truth.
-    if pattern.starts_with("/api/health") {
+    // Probes and scrapes are never limited: a load balancer must always see the truth.
+    if pattern.starts_with("/api/health") || pattern == "/metrics" {
         return Ok(None);
     }
     let ip = || {
@@ -237,6 +260,11 @@ async fn limit(
         None => (LimitClass::Anonymous, ip()),
     };
     let decision = inner.plane.rate_limiter().check(class, &key).await;
+    telemetry::metrics().record_limit(
+        decision.policy.name,
+        decision.source.as_str(),
+        decision.allowed,
+    );
     if decision.allowed {
         return Ok(Some(decision));
     }
@@ -277,7 +305,7 @@ fn finish(
     mut response: Response,
     request_id: &str,
     method: &http::Method,
-    route: &str,
+    route: &'static str,
     started: Instant,
 ) -> Response {
     let headers = response.headers_mut();
@@ -289,14 +317,13 @@ fn finish(
         // so none is idle on it when the listener closes.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    tracing::debug!(
-        request_id,
-        %method,
-        route,
-        status = response.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    telemetry::metrics().record_request(method, route, status, elapsed);
+    let span = tracing::Span::current();
+    span.record("route", route);
+    span.record("status", status);
+    tracing::debug!(elapsed_us = elapsed.as_micros() as u64, "request done");
     response
 }
 

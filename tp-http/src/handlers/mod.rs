@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod collections;
 mod health;
+mod metrics;
 
 use http::Method;
 use tp_core::auth::Role;
@@ -37,6 +38,12 @@ pub(crate) fn routes() -> Router {
         handler!(health::ready),
     );
 
+    r.add(
+        M::GET,
+        "/metrics",
+        Access::Public,
+        handler!(metrics::prometheus),
+    );
     r.add(
         M::POST,
         "/api/auth/login",

@@ -1,0 +1,196 @@
+//! Prometheus metrics, correlated JSON logs, and OTLP export.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tp_tests::postgres::fresh_database;
+use tp_tests::replica::{Replica, prod_env, set};
+use tp_tests::{Client, temp_dir};
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_requests_pool_revocations_and_limits() {
+    let env = prod_env(&fresh_database());
+    let replica = Replica::start(&env);
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
+    for _ in 0..5 {
+        assert_eq!(
+            client.get(&replica.url("/api/auth/me"), None).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        client
+            .get(&replica.url("/api/collections/missing"), None)
+            .await
+            .status,
+        404
+    );
+    let reply = Client::new().get(&replica.url("/metrics"), None).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    assert!(
+        reply.header("ratelimit-limit").is_none(),
+        "scrapes are not limited"
+    );
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    let me = [
+        "http_route=\"/api/auth/me\"",
+        "http_response_status_code=\"200\"",
+    ];
+    assert_eq!(
+        metric(&text, "http_server_requests_total", &me),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "http_server_request_duration_seconds_count", &me),
+        Some(5.0)
+    );
+    let missing = [
+        "http_route=\"/api/collections/{name}\"",
+        "http_response_status_code=\"404\"",
+    ];
+    assert_eq!(
+        metric(&text, "http_server_requests_total", &missing),
+        Some(1.0)
+    );
+    assert!(metric(&text, "tp_db_pool_connections", &["state=\"idle\""]).is_some());
+    assert!(metric(&text, "tp_db_pool_waiting", &[]).is_some());
+    assert_eq!(metric(&text, "tp_db_up", &[]), Some(1.0));
+    assert!(metric(&text, "tp_auth_revocations", &[]).is_some());
+    assert!(
+        metric(
+            &text,
+            "tp_ratelimit_decisions_total",
+            &["policy=\"user\"", "outcome=\"admitted\""]
+        )
+        .unwrap()
+            >= 6.0
+    );
+    assert_eq!(
+        metric(&text, "tp_ratelimit_fallbacks_total", &[]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_and_the_callers_trace_id() {
+    let dir = temp_dir("logs");
+    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
+    set(&mut env, "RUST_LOG", "info,tp_http=debug");
+    let replica = Replica::start(&env);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = Client::new()
+        .send(
+            Method::GET,
+            &replica.url("/api/health/live"),
+            &[
+                ("x-request-id", "req-correlate-1"),
+                ("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01")),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let line = replica
+        .logs()
+        .lines()
+        .find(|l| l.contains("req-correlate-1"))
+        .map(str::to_owned)
+        .expect("a log line for the request");
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["span"]["request_id"], "req-correlate-1");
+    assert_eq!(json["span"]["trace_id"], trace);
+    assert_eq!(json["span"]["route"], "/api/health/live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_and_metrics_are_exported_over_otlp() {
+    // A minimal OTLP/HTTP collector: records the paths it is sent to.
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    let seen = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let path = request.uri().path().to_owned();
+                        let is_protobuf = request
+                            .headers()
+                            .get("content-type")
+                            .is_some_and(|v| v == "application/x-protobuf");
+                        let body = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        if is_protobuf && !body.is_empty() {
+                            seen.lock().unwrap().push(path);
+                        }
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+
+    let dir = temp_dir("otlp");
+    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
+    set(
+        &mut env,
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        &format!("http://{collector}"),
+    );
+    set(&mut env, "OTEL_METRIC_EXPORT_INTERVAL", "500");
+    set(&mut env, "OTEL_BSP_SCHEDULE_DELAY", "200");
+    let replica = Replica::start(&env);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert_eq!(
+            Client::new()
+                .get(&replica.url("/api/health/live"), None)
+                .await
+                .status,
+            200
+        );
+        let paths = received.lock().unwrap().clone();
+        if paths.iter().any(|p| p == "/v1/traces") && paths.iter().any(|p| p == "/v1/metrics") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "OTLP export not seen; got {paths:?}\n{}",
+            replica.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -230,6 +230,27 @@ impl Replica {
             .logs
             .clone()
     }
+
+    /// Waits up to `timeout` until the logs contain `needle`: a line the
+    /// replica wrote before answering may still be in the pipe.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let (lock, cond) = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if guard.logs.contains(needle) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || guard.closed {
+                return false;
+            }
+            guard = cond
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
 }
 
 impl Drop for Replica {

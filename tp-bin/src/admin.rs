@@ -1,10 +1,12 @@
-//! Admin commands: `user create`, `token create`.
+//! Admin commands: `user create`, `token create`, `license inspect`, `secrets rotate`.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
 
 use secrecy::ExposeSecret;
 use tp_core::auth::{NewUser, Role};
+use tp_core::config::vars;
 use tp_core::{Config, TenantPlane};
 
 use crate::exit;
@@ -48,8 +50,107 @@ fn getrandom(buf: &mut [u8]) -> Result<(), String> {
 async fn plane(config: Config) -> Result<std::sync::Arc<TenantPlane>, ExitCode> {
     TenantPlane::start_admin(config).await.map_err(|e| {
         eprintln!("error: {e}");
-        ExitCode::from(exit::UNAVAILABLE)
+        ExitCode::from(exit::for_start_error(&e))
     })
+}
+
+/// `tenant-plane license inspect`: verifies a license and prints what it says.
+pub fn inspect_license(key_file: Option<&Path>, public_key_file: Option<&Path>) -> ExitCode {
+    let (token, key_source) = match read_input(key_file, vars::LICENSE_KEY) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let (pem, _) = match read_input(public_key_file, vars::LICENSE_PUBLIC_KEY) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let tenant = std::env::var(vars::TENANT_ID)
+        .ok()
+        .filter(|t| !t.is_empty());
+    match tp_core::license::inspect(token.trim(), &pem, tenant.as_deref()) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            if report["state"] == "expired" {
+                eprintln!("error: the license expired and its grace period is over");
+                return ExitCode::from(exit::NOPERM);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // The message names where the key came from, never the key.
+            let message = e
+                .to_string()
+                .replacen("license:", &format!("{key_source}:"), 1);
+            eprintln!("error: {message}");
+            ExitCode::from(exit::NOPERM)
+        }
+    }
+}
+
+/// Reads a file ("-" for stdin) or, without one, the variable `var`; with
+/// a name for messages.
+fn read_input(file: Option<&Path>, var: &str) -> Result<(String, String), String> {
+    match file {
+        Some(path) if path == Path::new("-") => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            Ok((input, "stdin".to_owned()))
+        }
+        Some(path) => std::fs::read_to_string(path)
+            .map(|text| (text, path.display().to_string()))
+            .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        None => std::env::var(var)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (v, var.to_owned()))
+            .ok_or_else(|| format!("{var}: is not set (or pass a file)")),
+    }
+}
+
+/// `tenant-plane secrets rotate`.
+pub async fn rotate_secrets(config: Config, batch_size: usize) -> ExitCode {
+    let plane = match plane(config).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let keys = plane.secrets().keys();
+    println!(
+        "re-encrypting secrets under key {} (previous key: {})",
+        keys.current_key_id(),
+        keys.previous_key_id().unwrap_or("none configured")
+    );
+    match plane.secrets().rotate(batch_size).await {
+        Ok(report) => {
+            println!(
+                "rotated {}, already current {}, failed {}",
+                report.rotated, report.already_current, report.failed
+            );
+            if report.failed > 0 {
+                eprintln!(
+                    "error: {} secret(s) could not be re-encrypted: their key is not \
+                     configured or their ciphertext does not authenticate; they are unchanged",
+                    report.failed
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: rotation stopped (run it again to resume): {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `tenant-plane user create`.

@@ -19,6 +19,17 @@ mod exit {
     pub const CONFIG: u8 = 64;
     /// A dependency is unavailable.
     pub const UNAVAILABLE: u8 = 69;
+    /// The license does not allow it (missing, invalid or expired).
+    pub const NOPERM: u8 = 77;
+
+    /// The exit code for a failed start: license, configuration or dependency.
+    pub fn for_start_error(e: &tp_core::Error) -> u8 {
+        match e.kind() {
+            tp_core::ErrorKind::LicenseRequired => NOPERM,
+            tp_core::ErrorKind::InvalidInput => CONFIG,
+            _ => UNAVAILABLE,
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -61,6 +72,46 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Inspect a license.
+    License {
+        #[command(subcommand)]
+        action: LicenseAction,
+    },
+    /// Manage encrypted secrets.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LicenseAction {
+    /// Verify a license and print its claims and state (never the key itself).
+    ///
+    /// The key comes from --key-file, else ATLASAI_LICENSE_KEY; the public key
+    /// from --public-key-file, else CP_LICENSE_PUBLIC_KEY. TENANT_ID, when
+    /// set, must match the license's tenant. Exit 0 only for a license that
+    /// verifies and has not expired past the grace period.
+    Inspect {
+        /// File holding the license JWT ("-" for standard input).
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
+        /// File holding the PEM public key.
+        #[arg(long)]
+        public_key_file: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsAction {
+    /// Re-encrypt every secret under ENCRYPTION_KEY (the previous key is
+    /// TP_ENCRYPTION_KEY_PREVIOUS). Safe while replicas serve; run it again
+    /// to resume after an interruption.
+    Rotate {
+        /// Rows read per batch.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
     },
 }
 
@@ -132,6 +183,16 @@ async fn run(command: Command) -> ExitCode {
             }
         };
     }
+    if let Command::License {
+        action:
+            LicenseAction::Inspect {
+                key_file,
+                public_key_file,
+            },
+    } = command
+    {
+        return admin::inspect_license(key_file.as_deref(), public_key_file.as_deref());
+    }
     let config = match Config::from_env(&env::ProcessEnv) {
         Ok(config) => config,
         Err(e) => {
@@ -186,7 +247,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Token {
             action: TokenAction::Create { username },
         } => admin::create_token(config, username).await,
-        Command::Healthcheck { .. } => unreachable!("handled above"),
+        Command::Secrets {
+            action: SecretsAction::Rotate { batch_size },
+        } => admin::rotate_secrets(config, batch_size).await,
+        Command::Healthcheck { .. } | Command::License { .. } => unreachable!("handled above"),
     }
 }
 

@@ -19,7 +19,7 @@ pub async fn run(config: Config, telemetry: crate::telemetry::Telemetry) -> Exit
         Ok(started) => started,
         Err(e) => {
             eprintln!("error: cannot start: {e}");
-            return ExitCode::from(exit::UNAVAILABLE);
+            return ExitCode::from(exit::for_start_error(&e));
         }
     };
     match &schema {

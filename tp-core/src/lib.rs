@@ -13,9 +13,11 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod license;
 mod plane;
 pub mod ratelimit;
 pub mod redis;
+pub mod secrets;
 pub mod time;
 pub mod vector;
 

@@ -12,8 +12,10 @@ use crate::config::Config;
 use crate::db::{Database, schema::plane_info, with_conn};
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::license::LicenseMonitor;
 use crate::ratelimit::RateLimiter;
 use crate::redis::Redis;
+use crate::secrets::Secrets;
 use crate::vector::Vectors;
 
 /// One replica's tenant plane: what a transport or an embedding host calls.
@@ -25,6 +27,8 @@ pub struct TenantPlane {
     auth: Auth,
     redis: Option<Arc<Redis>>,
     rate_limiter: Arc<RateLimiter>,
+    license: Arc<LicenseMonitor>,
+    secrets: Secrets,
 }
 
 /// How the schema got ready at start.
@@ -39,8 +43,11 @@ pub enum StartupSchema {
 }
 
 impl TenantPlane {
-    /// Opens the database and prepares the schema.
+    /// Verifies the license, opens the database and prepares the schema.
     ///
+    /// A missing (where required) or invalid license is an error before
+    /// anything else happens ([`Error::LicenseRequired`] or an invalid-input
+    /// error naming the variable).
     /// An unreachable PostgreSQL does not stop the start: the replica serves
     /// liveness, reports not ready, and migrates as soon as the database answers.
     pub async fn start(config: Config) -> Result<(Arc<TenantPlane>, StartupSchema)> {
@@ -57,6 +64,7 @@ impl TenantPlane {
         config: Config,
         exclusive: bool,
     ) -> Result<(Arc<TenantPlane>, StartupSchema)> {
+        let license = Arc::new(LicenseMonitor::from_config(&config)?);
         let config = Arc::new(config);
         let db = Arc::new(if exclusive {
             Database::open(&config.database)?
@@ -85,8 +93,11 @@ impl TenantPlane {
         }
         let rate_limiter = RateLimiter::new(&config.rate_limit, redis.clone(), &config.tenant_id);
         health.register(rate_limiter.clone());
+        health.register(license.clone());
         let plane = Arc::new(TenantPlane {
             rate_limiter,
+            license,
+            secrets: Secrets::new(db.clone(), &config.encryption),
             vectors: Vectors::new(db.clone()),
             auth: Auth::start(&config, db.clone(), redis.clone()).await?,
             redis,
@@ -133,6 +144,16 @@ impl TenantPlane {
     /// Vector collections and search.
     pub fn vectors(&self) -> &Vectors {
         &self.vectors
+    }
+
+    /// The license and its state; [`LicenseMonitor::gate`] before API calls.
+    pub fn license(&self) -> &Arc<LicenseMonitor> {
+        &self.license
+    }
+
+    /// Encrypted secrets.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 }
 

@@ -147,6 +147,21 @@ impl Api {
                 (response, "<unmatched>")
             }
             Ok(matched) => {
+                // Past the license's grace period only health, metrics and
+                // the license itself answer.
+                if !license_exempt(matched.route.pattern)
+                    && let Err(e) = inner.plane.license().gate()
+                {
+                    let response = ApiError::from(e).into_response(&request_id);
+                    return finish(
+                        inner,
+                        response,
+                        &request_id,
+                        &method,
+                        matched.route.pattern,
+                        started,
+                    );
+                }
                 let principal = match matched.route.access {
                     Access::Public => None,
                     Access::Role(needed) => {
@@ -232,6 +247,11 @@ impl Api {
 
         finish(inner, response, &request_id, &method, route, started)
     }
+}
+
+/// Routes that answer whatever the license says.
+fn license_exempt(pattern: &str) -> bool {
+    pattern.starts_with("/api/health") || pattern == "/metrics" || pattern == "/api/license"
 }
 
 /// Applies the rate limit of the route; `Err` is the refusal to send.

@@ -114,6 +114,14 @@ impl Principal {
         }
     }
 
+    /// Who did it, for audit records: `user:<id>` or `api_key:<id>`.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::User { user_id, .. } => format!("user:{user_id}"),
+            Principal::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
+        }
+    }
+
     /// Fails with 403 unless the role is at least `needed`.
     pub fn require(&self, needed: Role) -> Result<()> {
         if self.role() >= needed {
@@ -139,7 +147,13 @@ pub struct Auth {
     access_ttl: Duration,
     leeway: Duration,
     keys: Mutex<HashMap<String, (Instant, Option<KeyRecord>)>>,
+    /// User id → username. Usernames never change, so entries never go
+    /// stale; the map is emptied when it outgrows [`USERNAME_CACHE_MAX`].
+    usernames: Mutex<HashMap<String, String>>,
 }
+
+/// Most usernames [`Auth::username`] keeps in memory.
+const USERNAME_CACHE_MAX: usize = 100_000;
 
 impl Auth {
     /// The auth service; starts the revocation feeds.
@@ -162,7 +176,30 @@ impl Auth {
             access_ttl: config.auth.access_ttl,
             leeway: config.auth.leeway,
             keys: Mutex::new(HashMap::new()),
+            usernames: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The username of `user_id`, from memory after the first lookup (a
+    /// username never changes; a disabled user's sessions are revoked, so
+    /// their tokens never get this far).
+    pub async fn username(&self, user_id: &str) -> Result<String> {
+        let cached = self
+            .usernames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user_id)
+            .cloned();
+        if let Some(name) = cached {
+            return Ok(name);
+        }
+        let user = self.get_user(user_id).await?;
+        let mut names = self.usernames.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() >= USERNAME_CACHE_MAX {
+            names.clear();
+        }
+        names.insert(user.id.clone(), user.username.clone());
+        Ok(user.username)
     }
 
     /// The revoked set (for health and metrics).

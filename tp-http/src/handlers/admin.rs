@@ -2,7 +2,7 @@
 
 use http::StatusCode;
 use serde_json::json;
-use tp_core::auth::{NewApiKey, NewUser, Principal, UserUpdate};
+use tp_core::auth::{NewApiKey, NewUser, UserUpdate};
 
 use crate::Response;
 use crate::context::Ctx;
@@ -57,10 +57,7 @@ pub(crate) async fn terminate_session(ctx: Ctx) -> Result<Response, ApiError> {
 
 pub(crate) async fn create_api_key(mut ctx: Ctx) -> Result<Response, ApiError> {
     let new: NewApiKey = ctx.json().await?;
-    let creator = match ctx.principal()? {
-        Principal::User { user_id, .. } => format!("user:{user_id}"),
-        Principal::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
-    };
+    let creator = ctx.principal()?.actor();
     let (key, secret) = ctx.plane.auth().create_api_key(new, Some(&creator)).await?;
     let mut body = serde_json::to_value(&key).map_err(tp_core::Error::from)?;
     body["key"] = json!(secret);

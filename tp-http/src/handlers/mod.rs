@@ -5,6 +5,7 @@ mod auth;
 mod collections;
 mod health;
 mod metrics;
+mod secrets;
 
 use http::Method;
 use tp_core::auth::Role;
@@ -104,6 +105,14 @@ pub(crate) fn routes() -> Router {
         ADMIN,
         handler!(admin::revoke_api_key),
     );
+
+    r.add(M::GET, "/api/secrets", ADMIN, handler!(secrets::list));
+    // Names may contain '/', so the parameter is a catch-all.
+    let secret = "/api/secrets/{*name}";
+    r.add(M::PUT, secret, ADMIN, handler!(secrets::put));
+    r.add(M::GET, secret, ADMIN, handler!(secrets::get));
+    r.add(M::DELETE, secret, ADMIN, handler!(secrets::delete));
+    r.add(M::GET, "/api/license", ADMIN, handler!(secrets::license));
 
     let c = "/api/collections";
     r.add(M::POST, c, MEMBER, handler!(collections::create));

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import math
 import os
 import re
@@ -672,6 +673,16 @@ def check_nginx_text() -> None:
                  "listen 80", "server_name atlas.yourdomain.com"):
         R.check(f"server: {want}", want in all_d, "not among the server block's directives")
     R.check("proxy_next_upstream never retries non-idempotent requests", not any("non_idempotent" in d for d in all_d))
+    server_line = next((d for d in between_d if d.startswith("server tenant-plane:3000")), "")
+    R.check("a failed replica sits out 2 s (max_fails=1 fail_timeout=2s), not nginx's default 10 s",
+            "max_fails=1" in server_line and "fail_timeout=2s" in server_line, server_line)
+    R.check("nginx's own 502/504 become the problem+json 503 (error_page 502 504 = @unavailable)",
+            "error_page 502 504 = @unavailable" in all_d, "not among the server block's directives")
+    unavailable = directives(block(server, r"location\s+@unavailable") or "")
+    body = next((d for d in unavailable if d.startswith("return 503 ")), "")
+    R.check("@unavailable: return 503 with Retry-After and a problem+json type",
+            bool(body) and "add_header Retry-After 2 always" in unavailable
+            and "default_type application/problem+json" in unavailable, str(unavailable))
     ct = next((d.split()[1] for d in all_d if d.startswith("proxy_connect_timeout ")), "60s")
     R.check(f"short proxy_connect_timeout ({ct})", duration_seconds(ct) <= 5)
     health = block(server, r"location\s+/api/health") or ""
@@ -832,6 +843,57 @@ def check_nginx_runtime() -> None:
             srv.server_close()
 
 
+def check_nginx_no_replica() -> None:
+    R.start("nginx with no replica left")
+    binary = shutil.which("nginx")
+    if not binary:
+        R.skip("nginx with no replica left", "nginx is not on PATH")
+        return
+    err_flag = ["-e", "stderr"] if nginx_version(binary) >= (1, 19, 5) else []
+    raw = (DEPLOY / "nginx.conf").read_text()
+    listen = free_port()
+    proc = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="tp-nginx-") as tmp:
+            conf = Path(tmp) / "nginx.conf"
+            dead = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+            conf.write_text(with_servers(raw, dead).replace("listen 80;", f"listen 127.0.0.1:{listen};"))
+            proc = subprocess.Popen([binary, "-p", tmp + "/", *err_flag, "-c", str(conf), "-g", "daemon off;"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", listen), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            answers = []
+            for _ in range(3):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{listen}/api/collections", timeout=15)
+                    answers.append((200, {}, ""))
+                except urllib.error.HTTPError as exc:
+                    answers.append((exc.code, dict(exc.headers), exc.read().decode()))
+            for status, headers, body in answers:
+                try:
+                    problem = json.loads(body)
+                except ValueError:
+                    problem = {}
+                R.check("every replica down: 503 problem+json no_replica_available with Retry-After",
+                        status == 503 and headers.get("Content-Type") == "application/problem+json"
+                        and headers.get("Retry-After") == "2" and problem.get("code") == "no_replica_available"
+                        and problem.get("status") == 503 and bool(problem.get("request_id")),
+                        f"{status} {headers} {body}")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     logical, buf = [], ""
     for line in text.splitlines():
@@ -904,6 +966,7 @@ def main() -> int:
     R.guard("docker compose", check_compose)
     R.guard("nginx.conf", check_nginx_text)
     R.guard("nginx runtime", check_nginx_runtime)
+    R.guard("nginx with no replica", check_nginx_no_replica)
     R.guard("Dockerfile", check_dockerfile)
     print()
     if R.failed:

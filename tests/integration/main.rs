@@ -4,11 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod conformance;
+mod faults;
 mod foundation;
+mod license;
 mod observability;
 mod postgres;
 mod ratelimit;
 mod recall;
 mod revocation;
+mod secrets;
 mod tokens;
 mod vectors_http;

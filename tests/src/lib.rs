@@ -9,7 +9,10 @@
 pub mod client;
 pub mod data;
 pub mod env;
+pub mod load;
+pub mod nginx;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
 pub mod replica;
 

@@ -17,12 +17,20 @@ pub struct PgCluster {
     owner: Option<(u32, u32)>,
     /// Shared clusters outlive the test process; `scripts/test` stops them.
     keep: bool,
+    /// Extra `-c` settings for the server.
+    extra: String,
 }
 
 impl PgCluster {
     /// Initialises and starts a new cluster.
     pub fn start(name: &str) -> PgCluster {
-        let cluster = Self::init(name);
+        Self::start_with(name, "")
+    }
+
+    /// Initialises and starts a new cluster with extra server options (`-c k=v ...`).
+    pub fn start_with(name: &str, options: &str) -> PgCluster {
+        let mut cluster = Self::init(name);
+        cluster.extra = options.to_owned();
         cluster.start_server();
         cluster
     }
@@ -82,6 +90,7 @@ impl PgCluster {
             root,
             owner,
             keep: false,
+            extra: String::new(),
         }
     }
 
@@ -122,9 +131,10 @@ impl PgCluster {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300 \
              -c shared_buffers=64MB -c fsync=off -c synchronous_commit=off \
-             -c wal_keep_size=256MB",
+             -c wal_keep_size=256MB {}",
             self.port,
-            self.root.display()
+            self.root.display(),
+            self.extra
         );
         self.run_ok(
             self.pg("pg_ctl").args([
@@ -280,7 +290,8 @@ pub fn fresh_database() -> String {
     shared().create_database(&name)
 }
 
-fn user_ids(user: &str) -> (u32, u32) {
+/// uid and gid of `user`.
+pub(crate) fn user_ids(user: &str) -> (u32, u32) {
     let id = |flag: &str| {
         let out = Command::new("id").args([flag, user]).output().expect("id");
         String::from_utf8_lossy(&out.stdout)

@@ -1,6 +1,8 @@
 //! HS256 access tokens: issued with the current secret, verified with the
 //! current or the previous one, and checked beyond what jsonwebtoken does.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use jsonwebtoken::{
@@ -54,7 +56,15 @@ pub struct Jwt {
     audience: String,
     ttl: Duration,
     leeway: Duration,
+    /// Tokens that passed every check, by their exact text: a token seen
+    /// again costs a map lookup instead of two base64 and three JSON
+    /// decodes. Expiry is re-checked on every hit; revocation is the
+    /// caller's, as always. Emptied when it reaches [`VERIFIED_CACHE_MAX`].
+    verified: Mutex<HashMap<Box<str>, Claims>>,
 }
+
+/// Most verified tokens [`Jwt`] remembers.
+const VERIFIED_CACHE_MAX: usize = 10_000;
 
 fn invalid() -> Error {
     Error::unauthenticated("invalid_token", "the access token is invalid")
@@ -87,6 +97,7 @@ impl Jwt {
             audience: config.audience.clone(),
             ttl: config.access_ttl,
             leeway: config.leeway,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -120,6 +131,33 @@ impl Jwt {
 
     /// Verifies a token; no I/O. Revocation is checked by the caller.
     pub fn verify(&self, token: &str) -> Result<Claims> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid());
+        }
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(0);
+        let now = crate::time::now_secs();
+        let hit = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            // The expiry rule of the full check (jsonwebtoken's, with leeway).
+            .filter(|claims| claims.exp >= now - leeway)
+            .cloned();
+        if let Some(claims) = hit {
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_CACHE_MAX {
+            verified.clear();
+        }
+        verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// Every check, from scratch.
+    fn verify_uncached(&self, token: &str) -> Result<Claims> {
         if token.len() > MAX_TOKEN_BYTES
             || token.split('.').count() != 3
             || !token
@@ -188,5 +226,69 @@ impl Jwt {
         }
         claims.role.parse::<Role>().map_err(|_| invalid())?;
         Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::Config;
+
+    fn jwt() -> Jwt {
+        let env: BTreeMap<&str, &str> = BTreeMap::from([
+            ("TENANT_ID", "acme"),
+            ("JWT_SECRET", "unit-test-secret-unit-test-secret-0123"),
+            (
+                "ENCRYPTION_KEY",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            ),
+            ("TENANT_PLANE_DATABASE_URL", "postgresql://u@h/db"),
+        ]);
+        let config = Config::from_env(&env).unwrap();
+        Jwt::new(&config.auth, &config.tenant_id)
+    }
+
+    #[test]
+    fn the_verified_cache_never_outlives_expiry_or_accepts_altered_tokens() {
+        let jwt = jwt();
+        let (token, _) = jwt.issue("user-1", "session-1", Role::Member).unwrap();
+        let first = jwt.verify(&token).unwrap();
+        assert_eq!(
+            jwt.verify(&token).unwrap(),
+            first,
+            "a cache hit gives the same claims"
+        );
+        assert_eq!(jwt.verified.lock().unwrap().len(), 1);
+
+        // One character of the signature changed: a different key, fully checked.
+        let mut altered = token.clone();
+        let last = altered.pop().unwrap();
+        altered.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(jwt.verify(&altered).is_err());
+
+        // An entry past expiry (and leeway) is not trusted: the full check runs.
+        let mut expired = first.clone();
+        expired.exp = crate::time::now_secs() - 3600;
+        jwt.verified
+            .lock()
+            .unwrap()
+            .insert("not.a.token".into(), expired);
+        assert!(jwt.verify("not.a.token").is_err());
+        // The same entry within its lifetime is what the cache returns.
+        jwt.verified
+            .lock()
+            .unwrap()
+            .insert("not.a.token".into(), first.clone());
+        assert_eq!(jwt.verify("not.a.token").unwrap(), first);
+
+        // Bounded.
+        jwt.verified.lock().unwrap().clear();
+        for i in 0..VERIFIED_CACHE_MAX + 5 {
+            let (t, _) = jwt.issue(&format!("u{i}"), "s", Role::Viewer).unwrap();
+            jwt.verify(&t).unwrap();
+        }
+        assert!(jwt.verified.lock().unwrap().len() <= VERIFIED_CACHE_MAX);
     }
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 pub(crate) struct PgConnector {
     config: tokio_postgres::Config,
     session_sql: String,
+    connect_timeout: Duration,
 }
 
 impl PgConnector {
@@ -46,6 +47,7 @@ impl PgConnector {
         Ok(Self {
             config,
             session_sql,
+            connect_timeout: db.connect_timeout,
         })
     }
 
@@ -65,17 +67,29 @@ impl Connector for PgConnector {
     type Conn = AsyncPgConnection;
 
     async fn connect(&self) -> Result<AsyncPgConnection, String> {
-        let (client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
+        // tokio-postgres bounds the TCP connect only; a silent peer could
+        // hold the startup handshake forever. Bound the whole of it.
+        let attempt = async {
+            let (client, connection) = self
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.batch_execute(&self.session_sql)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(conn)
+        };
+        tokio::time::timeout(self.connect_timeout, attempt)
             .await
-            .map_err(|e| e.to_string())?;
-        let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection)
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.batch_execute(&self.session_sql)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(conn)
+            .map_err(|_| {
+                format!(
+                    "no answer within {} ms while connecting",
+                    self.connect_timeout.as_millis()
+                )
+            })?
     }
 }

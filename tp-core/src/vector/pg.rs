@@ -182,22 +182,98 @@ struct HitRow {
     embedding: Option<PgVector>,
 }
 
-/// The search statement and its binds after the query vector (`$1`).
+/// The (filtered) search statement and its binds after the query vector (`$1`).
 pub(super) fn search_sql(collection: &Collection, search: &Search) -> (String, Vec<SqlBind>) {
     let op = operator(collection.metric);
-    // The cast makes the planner use the collection's partial HNSW index;
-    // without it the search is an exact scan.
-    let expr = if search.exact {
-        "embedding".to_owned()
-    } else {
-        format!("embedding::vector({})", collection.dimension)
-    };
+    let expr = distance_expression(collection, search);
     let mut binds = Vec::new();
     let filter = search
         .filter
         .as_ref()
         .map(|f| format!(" AND {}", f.to_sql(2, &mut binds)))
         .unwrap_or_default();
+    let sql = format!(
+        "SELECT id, ({expr} {op} $1) AS distance, {} FROM documents \
+         WHERE collection_id = '{}'{filter} ORDER BY {expr} {op} $1 LIMIT {}",
+        result_columns(search),
+        collection.id,
+        search.k,
+    );
+    (sql, binds)
+}
+
+/// An unfiltered search, which diesel keeps prepared on each connection:
+/// its text depends only on the collection and the columns asked for (the
+/// query vector and `k` are binds), so a connection holds at most eight
+/// such statements per collection and a search is one round trip without
+/// parsing or planning from scratch. (`sql_query` statements are never
+/// cached, and a filter's shape would make the text unbounded.)
+struct UnfilteredSearch<'a> {
+    /// The statement around its two binds: before `$1`, between `$1` and
+    /// the `LIMIT` bind.
+    head: String,
+    middle: String,
+    vector: &'a PgVector,
+    k: i64,
+}
+
+impl UnfilteredSearch<'_> {
+    fn new<'a>(
+        collection: &Collection,
+        search: &Search,
+        vector: &'a PgVector,
+    ) -> UnfilteredSearch<'a> {
+        let op = operator(collection.metric);
+        let expr = distance_expression(collection, search);
+        UnfilteredSearch {
+            head: format!("SELECT id, ({expr} {op} "),
+            middle: format!(
+                ") AS distance, {} FROM documents WHERE collection_id = '{}' \
+                 ORDER BY {expr} {op} $1 LIMIT ",
+                result_columns(search),
+                collection.id
+            ),
+            vector,
+            k: i64::try_from(search.k).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl diesel::query_builder::QueryFragment<Pg> for UnfilteredSearch<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql(&self.head);
+        out.push_bind_param::<Vector, _>(self.vector)?;
+        out.push_sql(&self.middle);
+        out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.k)?;
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::QueryId for UnfilteredSearch<'_> {
+    type QueryId = ();
+    // No static id: the statement cache keys it by its SQL text.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for UnfilteredSearch<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+/// The distance expression: the cast makes the planner use the
+/// collection's partial HNSW index; without it the search is an exact scan.
+fn distance_expression(collection: &Collection, search: &Search) -> String {
+    if search.exact {
+        "embedding".to_owned()
+    } else {
+        format!("embedding::vector({})", collection.dimension)
+    }
+}
+
+/// `content, metadata, embedding`, each NULL when not asked for.
+fn result_columns(search: &Search) -> String {
     let column = |wanted: bool, column: &str, ty: &str| {
         if wanted {
             column.to_owned()
@@ -205,16 +281,12 @@ pub(super) fn search_sql(collection: &Collection, search: &Search) -> (String, V
             format!("NULL::{ty} AS {column}")
         }
     };
-    let sql = format!(
-        "SELECT id, ({expr} {op} $1) AS distance, {}, {}, {} FROM documents \
-         WHERE collection_id = '{}'{filter} ORDER BY {expr} {op} $1 LIMIT {}",
+    format!(
+        "{}, {}, {}",
         column(search.include.content, "content", "text"),
         column(search.include.metadata, "metadata", "jsonb"),
         column(search.include.vector, "embedding", "vector"),
-        collection.id,
-        search.k,
-    );
-    (sql, binds)
+    )
 }
 
 pub(super) async fn search(
@@ -222,11 +294,13 @@ pub(super) async fn search(
     collection: &Collection,
     search: &Search,
 ) -> Result<Vec<SearchHit>> {
+    let vector = PgVector(search.vector.clone());
+    let unfiltered = || UnfilteredSearch::new(collection, search, &vector);
     let (sql, binds) = search_sql(collection, search);
     let query = || {
         let mut q = diesel::sql_query(sql.as_str())
             .into_boxed::<Pg>()
-            .bind::<Vector, _>(PgVector(search.vector.clone()));
+            .bind::<Vector, _>(vector.clone());
         for bind in &binds {
             q = match bind {
                 SqlBind::Path(p) => q.bind::<Array<Text>, _>(p.clone()),
@@ -251,14 +325,19 @@ pub(super) async fn search(
     let mut rows: Vec<HitRow> = with_conn!(
         db,
         pg | conn | {
-            match ef_search {
-                None => Ok(query().load::<HitRow>(conn).await?),
-                Some(ef) => {
+            match (ef_search, search.filter.is_some()) {
+                (None, false) => Ok(unfiltered().load::<HitRow>(conn).await?),
+                (None, true) => Ok(query().load::<HitRow>(conn).await?),
+                (Some(ef), filtered) => {
                     conn.transaction::<_, Error, _>(async |c| {
                         diesel::sql_query(format!("SET LOCAL hnsw.ef_search = {ef}"))
                             .execute(c)
                             .await?;
-                        Ok(query().load::<HitRow>(c).await?)
+                        if filtered {
+                            Ok(query().load::<HitRow>(c).await?)
+                        } else {
+                            Ok(unfiltered().load::<HitRow>(c).await?)
+                        }
                     })
                     .await
                 }

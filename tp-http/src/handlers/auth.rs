@@ -52,11 +52,11 @@ pub(crate) async fn me(ctx: Ctx) -> Result<Response, ApiError> {
             session_id,
             role,
         } => {
-            let user = ctx.plane.auth().get_user(user_id).await?;
+            let username = ctx.plane.auth().username(user_id).await?;
             json!({
                 "kind": "user",
-                "id": user.id,
-                "username": user.username,
+                "id": user_id,
+                "username": username,
                 "role": role,
                 "session_id": session_id,
             })

@@ -75,6 +75,16 @@ async fn dev_mode_serves_the_spec_health_json() {
     let ready = client.get(&replica.url("/api/health/ready"), None).await;
     assert_eq!(ready.status, 200, "{:?}", ready.json());
 
+    // The API describes itself, without credentials.
+    let openapi = client.get(&replica.url("/api/openapi.json"), None).await;
+    assert_eq!(openapi.status, 200);
+    let openapi = openapi.json();
+    assert_eq!(openapi["openapi"], "3.1.0");
+    assert_eq!(
+        openapi["paths"]["/api/collections/{name}/search"]["post"]["x-required-role"],
+        "viewer"
+    );
+
     let secrets = dir.join("data/dev-secrets.env");
     let mode = std::fs::metadata(&secrets).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

@@ -14,4 +14,5 @@ mod recall;
 mod revocation;
 mod secrets;
 mod tokens;
+mod transfer;
 mod vectors_http;

@@ -6,6 +6,7 @@ mod healthcheck;
 mod logging;
 mod serve;
 mod telemetry;
+mod transfer;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,6 +83,30 @@ enum Command {
     Secrets {
         #[command(subcommand)]
         action: SecretsAction,
+    },
+    /// Write collections as JSON Lines (to move them between databases, or back them up).
+    ///
+    /// Progress goes to stderr. A file is written under NAME.partial and
+    /// renamed when complete.
+    Export {
+        /// Only this collection (repeatable); default every collection.
+        #[arg(long = "collection")]
+        collections: Vec<String>,
+        /// File to write ("-" or none: standard output).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Read an export into the database: missing collections are created,
+    /// documents upserted by id (running it again is safe).
+    ///
+    /// On SQLite, stop the replica first (the file is locked while it runs).
+    Import {
+        /// File to read ("-" or none: standard input).
+        #[arg(long)]
+        input: Option<std::path::PathBuf>,
+        /// Documents per transaction (1 to 1000).
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
     },
 }
 
@@ -250,6 +275,11 @@ async fn run(command: Command) -> ExitCode {
         Command::Secrets {
             action: SecretsAction::Rotate { batch_size },
         } => admin::rotate_secrets(config, batch_size).await,
+        Command::Export {
+            collections,
+            output,
+        } => transfer::export(config, collections, output).await,
+        Command::Import { input, batch_size } => transfer::import(config, input, batch_size).await,
         Command::Healthcheck { .. } | Command::License { .. } => unreachable!("handled above"),
     }
 }

@@ -12,6 +12,7 @@ mod client_ip;
 mod context;
 pub mod error;
 mod handlers;
+mod openapi;
 mod request_id;
 mod response;
 mod router;

@@ -250,8 +250,9 @@ impl Api {
 }
 
 /// Routes that answer whatever the license says.
-fn license_exempt(pattern: &str) -> bool {
-    pattern.starts_with("/api/health") || pattern == "/metrics" || pattern == "/api/license"
+pub(crate) fn license_exempt(pattern: &str) -> bool {
+    pattern.starts_with("/api/health")
+        || matches!(pattern, "/metrics" | "/api/license" | "/api/openapi.json")
 }
 
 /// Applies the rate limit of the route; `Err` is the refusal to send.

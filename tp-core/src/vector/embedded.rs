@@ -225,6 +225,47 @@ impl Indexes {
         .transpose()
     }
 
+    /// Up to `limit` documents with ids after `after`, by id, with vectors.
+    pub(super) async fn page(
+        &self,
+        db: &Database,
+        collection: &Collection,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Document>> {
+        let rows: Vec<(String, Option<String>, String, Vec<u8>)> = with_conn!(
+            db,
+            pg | _conn | Err(sqlite_only()),
+            sqlite | conn | {
+                let mut query = documents::table
+                    .filter(documents::collection_id.eq(&collection.id))
+                    .select((
+                        documents::id,
+                        documents::content,
+                        documents::metadata,
+                        documents::embedding,
+                    ))
+                    .order(documents::id)
+                    .limit(limit)
+                    .into_boxed();
+                if let Some(after) = after {
+                    query = query.filter(documents::id.gt(after));
+                }
+                Ok(query.load(conn).await?)
+            }
+        )?;
+        rows.into_iter()
+            .map(|(id, content, metadata, blob)| {
+                Ok(Document {
+                    id,
+                    content,
+                    metadata: serde_json::from_str(&metadata)?,
+                    vector: Some(from_blob(&blob)),
+                })
+            })
+            .collect()
+    }
+
     pub(super) async fn search(
         &self,
         db: &Database,

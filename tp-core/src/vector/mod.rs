@@ -10,6 +10,7 @@ mod exact;
 pub mod filter;
 pub mod model;
 mod pg;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -223,6 +224,29 @@ impl Vectors {
                 format!("document {id:?} is not in collection {name:?}"),
             )
         })
+    }
+
+    /// Up to `limit` (1 to 1000) documents of a collection with ids after
+    /// `after`, in id order, with their vectors: a stable way to read a whole
+    /// collection page by page (what [`transfer::export`] does).
+    pub async fn documents_page(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>> {
+        let collection = self.load(name).await?;
+        if limit == 0 || limit > model::MAX_BATCH {
+            return Err(Error::invalid(
+                "invalid_limit",
+                format!("a page holds 1 to {} documents", model::MAX_BATCH),
+            ));
+        }
+        let limit = i64::try_from(limit).unwrap_or(1);
+        match &self.embedded {
+            Some(embedded) => embedded.page(&self.db, &collection, after, limit).await,
+            None => pg::page(&self.db, &collection, after, limit).await,
+        }
     }
 
     /// Deletes documents by id; returns how many existed.

@@ -148,6 +148,45 @@ pub(super) async fn get(
     }))
 }
 
+/// Up to `limit` documents with ids after `after`, by id, with vectors.
+pub(super) async fn page(
+    db: &Database,
+    collection: &Collection,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Document>> {
+    let rows: Vec<(String, Option<String>, Value, PgVector)> = with_conn!(
+        db,
+        pg | conn | {
+            let mut query = documents::table
+                .filter(documents::collection_id.eq(&collection.id))
+                .select((
+                    documents::id,
+                    documents::content,
+                    documents::metadata,
+                    documents::embedding,
+                ))
+                .order(documents::id)
+                .limit(limit)
+                .into_boxed();
+            if let Some(after) = after {
+                query = query.filter(documents::id.gt(after));
+            }
+            Ok(query.load(conn).await?)
+        },
+        sqlite | _conn | Err(pg_only())
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, content, metadata, vector)| Document {
+            id,
+            content,
+            metadata,
+            vector: Some(vector.0),
+        })
+        .collect())
+}
+
 pub(super) async fn delete(
     db: &Database,
     collection: &Collection,

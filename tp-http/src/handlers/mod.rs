@@ -5,6 +5,7 @@ mod auth;
 mod collections;
 mod health;
 mod metrics;
+mod openapi;
 mod secrets;
 
 use http::Method;
@@ -44,6 +45,12 @@ pub(crate) fn routes() -> Router {
         "/metrics",
         Access::Public,
         handler!(metrics::prometheus),
+    );
+    r.add(
+        M::GET,
+        "/api/openapi.json",
+        Access::Public,
+        handler!(openapi::document),
     );
     r.add(
         M::POST,

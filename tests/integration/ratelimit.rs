@@ -37,6 +37,16 @@ struct Tally {
 
 /// One user's token hammering `replicas` round robin for `window`, from 3 tasks.
 async fn hammer(replicas: &[&Replica], token: &str, window: Duration) -> Tally {
+    hammer_every(replicas, token, window, Duration::from_millis(2)).await
+}
+
+/// [`hammer`] with `pause` between one task's requests.
+async fn hammer_every(
+    replicas: &[&Replica],
+    token: &str,
+    window: Duration,
+    pause: Duration,
+) -> Tally {
     let urls: Vec<String> = replicas.iter().map(|r| r.url("/api/auth/me")).collect();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -63,7 +73,7 @@ async fn hammer(replicas: &[&Replica], token: &str, window: Duration) -> Tally {
                     other => tally.2.push(other),
                 }
                 i += 3;
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(pause).await;
             }
             tally
         }));
@@ -88,7 +98,60 @@ async fn hammer(replicas: &[&Replica], token: &str, window: Duration) -> Tally {
 
 /// What GCRA admits for one key in `elapsed`: the burst, then one per interval.
 fn expected(elapsed: Duration) -> f64 {
-    f64::from(BURST) + elapsed.as_secs_f64() * f64::from(PER_MINUTE) / 60.0
+    expected_for(PER_MINUTE, BURST, elapsed)
+}
+
+fn expected_for(per_minute: u32, burst: u32, elapsed: Duration) -> f64 {
+    f64::from(burst) + elapsed.as_secs_f64() * f64::from(per_minute) / 60.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_keep_a_busy_key_within_its_global_limit_with_fewer_round_trips() {
+    // A burst big enough for leases (an eighth of it: up to 32 requests per
+    // round trip), a sustained rate the load exceeds.
+    const PER_MINUTE: u32 = 3000;
+    const BURST: u32 = 400;
+    let redis = RedisServer::start();
+    let mut env = limited_env(&fresh_database(), Some(&redis));
+    set(
+        &mut env,
+        "TP_RATE_LIMIT_PER_MINUTE",
+        &PER_MINUTE.to_string(),
+    );
+    set(&mut env, "TP_RATE_LIMIT_BURST", &BURST.to_string());
+    let replicas: Vec<Replica> = (0..3).map(|_| Replica::start(&env)).collect();
+    let token = replicas[0].admin_token(&env).await;
+    let refs: Vec<&Replica> = replicas.iter().collect();
+    let before = redis.calls("evalsha");
+    let tally = hammer_every(&refs, &token, Duration::from_secs(8), Duration::ZERO).await;
+    let round_trips = redis.calls("evalsha") - before;
+    let want = expected_for(PER_MINUTE, BURST, tally.elapsed);
+    let sent = tally.admitted + tally.refused;
+    println!(
+        "leases: admitted {} refused {} over {:?} across 3 replicas; GCRA allows {want:.1}; \
+         {round_trips} script calls for {sent} requests",
+        tally.admitted, tally.refused, tally.elapsed
+    );
+    assert!(
+        tally.other.is_empty(),
+        "unexpected statuses {:?}",
+        tally.other
+    );
+    let error = (tally.admitted as f64 - want).abs() / want;
+    assert!(
+        error <= 0.05,
+        "admitted {} vs {want:.1}: {:.1}% off",
+        tally.admitted,
+        error * 100.0
+    );
+    assert!(
+        tally.refused > tally.admitted,
+        "the load must exceed the limit"
+    );
+    assert!(
+        round_trips * 3 < sent,
+        "{round_trips} round trips for {sent} requests: leases and remembered refusals should spare most"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

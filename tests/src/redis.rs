@@ -74,6 +74,37 @@ impl RedisServer {
         }
     }
 
+    /// How many times the server ran `command` (from `INFO commandstats`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        stream
+            .write_all(b"INFO commandstats\r\n")
+            .expect("send INFO");
+        // A bulk string: `$<len>\r\n<text>\r\n`.
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).expect("read INFO");
+            assert!(n > 0, "redis closed the connection");
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply);
+            if let Some((head, body)) = text.split_once("\r\n") {
+                let len: usize = head.trim_start_matches('$').parse().expect("bulk length");
+                if body.len() >= len {
+                    let needle = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+                    return body
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&needle))
+                        .and_then(|rest| rest.split(',').next())
+                        .map_or(0, |n| n.parse().expect("calls"));
+                }
+            }
+        }
+    }
+
     /// True when the server answers PING.
     pub fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {

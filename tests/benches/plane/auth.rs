@@ -274,10 +274,14 @@ pub async fn run_ratelimit(opts: &Opts, services: &Services, summary: &mut Summa
     set(&mut local, "TP_RATE_LIMIT_BURST", "1000000");
     let mut global = local.clone();
     set(&mut global, "REDIS_URL", &redis.url());
+    // Every request a round trip: what the Lua script itself costs.
+    let mut per_request = global.clone();
+    set(&mut per_request, "TP_RATE_LIMIT_LEASE_MAX", "1");
 
     let r_none = start(&none);
     let r_local = start(&local);
     let r_global = start(&global);
+    let r_per_request = start(&per_request);
     let token = viewer_token(&r_none, &none).await;
     let admin = r_none.admin_token(&none).await;
     let reply = Client::new()
@@ -295,7 +299,11 @@ pub async fn run_ratelimit(opts: &Opts, services: &Services, summary: &mut Summa
         reply.json()
     );
     let key = reply.json()["key"].as_str().expect("key").to_owned();
-    for (name, r) in [("local", &r_local), ("redis", &r_global)] {
+    for (name, r) in [
+        ("local", &r_local),
+        ("redis", &r_global),
+        ("redis, no leases", &r_per_request),
+    ] {
         let health = Client::new().get(&r.url("/api/health"), None).await.json();
         println!(
             "replica {name}: health rate_limit {} redis {}",
@@ -312,7 +320,8 @@ pub async fn run_ratelimit(opts: &Opts, services: &Services, summary: &mut Summa
     let replicas = [
         ("no limiter", &r_none),
         ("local governor", &r_local),
-        ("Redis GCRA", &r_global),
+        ("Redis GCRA, leases", &r_global),
+        ("Redis GCRA, every request", &r_per_request),
     ];
     let routes = [
         ("/api/auth/me, JWT (reads the user row)", token.as_str()),
@@ -336,8 +345,8 @@ pub async fn run_ratelimit(opts: &Opts, services: &Services, summary: &mut Summa
         for (t, o) in targets.iter().zip(&out) {
             println!("{}", o.line(&t.name));
         }
-        let [off, loc, glob] = &out[..] else {
-            unreachable!("three targets")
+        let [off, loc, glob, each] = &out[..] else {
+            unreachable!("four targets")
         };
         let rate = load::Outcome::brief;
         summary.add(
@@ -350,11 +359,19 @@ pub async fn run_ratelimit(opts: &Opts, services: &Services, summary: &mut Summa
         );
         summary.add(
             "ratelimit",
-            format!("{route}: Redis limiter / no limiter"),
+            format!("{route}: Redis limiter (leases, the default) / no limiter"),
             rate(glob),
             rate(off),
             load::paired_ratio(glob, off),
             Goal::AtLeast(0.6),
+        );
+        summary.add(
+            "ratelimit",
+            format!("{route}: Redis limiter, a round trip per request / no limiter"),
+            rate(each),
+            rate(off),
+            load::paired_ratio(each, off),
+            Goal::Info,
         );
     }
     summary.add(
@@ -365,6 +382,6 @@ pub async fn run_ratelimit(opts: &Opts, services: &Services, summary: &mut Summa
         f64::from(eval[eval.len() / 2]) / f64::from(ping[ping.len() / 2].max(1)),
         Goal::Info,
     );
-    drop((r_none, r_local, r_global));
+    drop((r_none, r_local, r_global, r_per_request));
     drop(redis);
 }

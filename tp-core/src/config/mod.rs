@@ -235,6 +235,8 @@ pub struct RateLimitConfig {
     pub login_per_minute: u32,
     /// Behaviour when Redis fails.
     pub fallback: RedisFallback,
+    /// Most requests of one key admitted from one Redis round trip.
+    pub lease_max: u32,
 }
 
 impl Config {
@@ -377,6 +379,7 @@ impl Config {
             burst: number(env, vars::RATE_LIMIT_BURST, 100, 1, 1_000_000)?,
             anon_per_minute: number(env, vars::RATE_LIMIT_ANON_PER_MINUTE, 300, 1, 10_000_000)?,
             login_per_minute: number(env, vars::RATE_LIMIT_LOGIN_PER_MINUTE, 10, 1, 100_000)?,
+            lease_max: number(env, vars::RATE_LIMIT_LEASE_MAX, 32, 1, 1024)?,
             fallback: match optional(env, vars::RATE_LIMIT_FALLBACK).as_deref() {
                 None | Some("local") => RedisFallback::Local,
                 Some("open") => RedisFallback::Open,

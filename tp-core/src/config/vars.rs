@@ -77,6 +77,9 @@ pub const RATE_LIMIT_ANON_PER_MINUTE: &str = "TP_RATE_LIMIT_ANON_PER_MINUTE";
 pub const RATE_LIMIT_LOGIN_PER_MINUTE: &str = "TP_RATE_LIMIT_LOGIN_PER_MINUTE";
 /// What to do when Redis fails: `local`, `open` or `closed`.
 pub const RATE_LIMIT_FALLBACK: &str = "TP_RATE_LIMIT_FALLBACK";
+/// Most requests of one key a replica admits from one Redis round trip
+/// (a local lease of global quota); `1` asks Redis for every request.
+pub const RATE_LIMIT_LEASE_MAX: &str = "TP_RATE_LIMIT_LEASE_MAX";
 /// Disable rate limiting entirely (`true` to disable).
 pub const RATE_LIMIT_DISABLED: &str = "TP_RATE_LIMIT_DISABLED";
 /// Log format: `json` or `text`.

@@ -1,13 +1,14 @@
 //! Rate limiting: GCRA per principal, per replica or global through Redis,
 //! and honest about which one decided.
 //!
-//! With `REDIS_URL` every decision is one Lua script on Redis, so the limit
-//! is global. When Redis does not answer within its timeout the request is
+//! With `REDIS_URL` decisions are one Lua script on Redis, so the limit is
+//! global; a busy key is admitted from short local leases of its global
+//! quota (see [`global`]). When Redis does not answer within its timeout the request is
 //! decided by the configured fallback (this replica's own limiter by
 //! default), health reports `degraded`, and a circuit breaker keeps the
 //! next requests off Redis for a moment before trying it again.
 
-mod global;
+pub mod global;
 mod local;
 
 use std::sync::Arc;
@@ -177,7 +178,7 @@ impl RateLimiter {
             local: LocalLimiter::new(&[user, anon, login]),
             global: redis.map(|r| {
                 let timeout = r.timeout();
-                (GlobalLimiter::new(r, tenant), timeout)
+                (GlobalLimiter::new(r, tenant, config.lease_max), timeout)
             }),
             open_until: Mutex::new(None),
             fallbacks: AtomicU64::new(0),

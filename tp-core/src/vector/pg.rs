@@ -335,7 +335,12 @@ pub(super) async fn search(
 ) -> Result<Vec<SearchHit>> {
     let vector = PgVector(search.vector.clone());
     let unfiltered = || UnfilteredSearch::new(collection, search, &vector);
-    let (sql, binds) = search_sql(collection, search);
+    // Built only for a filtered search: the unfiltered one has its own statement.
+    let (sql, binds) = if search.filter.is_some() {
+        search_sql(collection, search)
+    } else {
+        (String::new(), Vec::new())
+    };
     let query = || {
         let mut q = diesel::sql_query(sql.as_str())
             .into_boxed::<Pg>()

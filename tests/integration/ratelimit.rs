@@ -332,3 +332,21 @@ async fn a_redis_outage_falls_back_to_local_limits_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_limits_off_nothing_is_refused_or_announced() {
+    let dir = temp_dir("limits-off");
+    let mut env = limited_env(&format!("sqlite://{}", dir.join("tp.db").display()), None);
+    set(&mut env, "TP_RATE_LIMIT_DISABLED", "true");
+    let replica = Replica::start(&env);
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
+    for _ in 0..3 * BURST {
+        let reply = client.get(&replica.url("/api/auth/me"), None).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.header("ratelimit-limit").is_none() && reply.header("ratelimit-policy").is_none(),
+            "no limit is announced when none applies"
+        );
+    }
+}

@@ -14,6 +14,25 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Respon
     Ok(with_type(status, body, "application/json"))
 }
 
+/// A JSON response `{"<field>": value}`, serialized straight from `value`
+/// (no intermediate `serde_json::Value`, which would copy every element).
+pub(crate) fn json_object<T: Serialize>(
+    status: StatusCode,
+    field: &'static str,
+    value: &T,
+) -> Result<Response, ApiError> {
+    struct One<'a, T>(&'static str, &'a T);
+    impl<T: Serialize> Serialize for One<'_, T> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(1))?;
+            map.serialize_entry(self.0, self.1)?;
+            map.end()
+        }
+    }
+    json(status, &One(field, value))
+}
+
 /// A body with a content type.
 pub(crate) fn with_type(
     status: StatusCode,

@@ -2,7 +2,7 @@
 //! current or the previous one, and checked beyond what jsonwebtoken does.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jsonwebtoken::{
@@ -60,7 +60,7 @@ pub struct Jwt {
     /// again costs a map lookup instead of two base64 and three JSON
     /// decodes. Expiry is re-checked on every hit; revocation is the
     /// caller's, as always. Emptied when it reaches [`VERIFIED_CACHE_MAX`].
-    verified: Mutex<HashMap<Box<str>, Claims>>,
+    verified: Mutex<HashMap<Box<str>, Arc<Claims>>>,
 }
 
 /// Most verified tokens [`Jwt`] remembers.
@@ -131,6 +131,12 @@ impl Jwt {
 
     /// Verifies a token; no I/O. Revocation is checked by the caller.
     pub fn verify(&self, token: &str) -> Result<Claims> {
+        self.verify_shared(token).map(|claims| (*claims).clone())
+    }
+
+    /// [`verify`](Self::verify), sharing the claims with the cache of
+    /// verified tokens instead of copying them.
+    pub fn verify_shared(&self, token: &str) -> Result<Arc<Claims>> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid());
         }
@@ -147,7 +153,7 @@ impl Jwt {
         if let Some(claims) = hit {
             return Ok(claims);
         }
-        let claims = self.verify_uncached(token)?;
+        let claims = Arc::new(self.verify_uncached(token)?);
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= VERIFIED_CACHE_MAX {
             verified.clear();
@@ -274,13 +280,13 @@ mod tests {
         jwt.verified
             .lock()
             .unwrap()
-            .insert("not.a.token".into(), expired);
+            .insert("not.a.token".into(), Arc::new(expired));
         assert!(jwt.verify("not.a.token").is_err());
         // The same entry within its lifetime is what the cache returns.
         jwt.verified
             .lock()
             .unwrap()
-            .insert("not.a.token".into(), first.clone());
+            .insert("not.a.token".into(), Arc::new(first.clone()));
         assert_eq!(jwt.verify("not.a.token").unwrap(), first);
 
         // Bounded.

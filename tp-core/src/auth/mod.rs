@@ -149,7 +149,7 @@ pub struct Auth {
     keys: Mutex<HashMap<String, (Instant, Option<KeyRecord>)>>,
     /// User id → username. Usernames never change, so entries never go
     /// stale; the map is emptied when it outgrows [`USERNAME_CACHE_MAX`].
-    usernames: Mutex<HashMap<String, String>>,
+    usernames: Mutex<HashMap<String, Arc<str>>>,
 }
 
 /// Most usernames [`Auth::username`] keeps in memory.
@@ -183,7 +183,7 @@ impl Auth {
     /// The username of `user_id`, from memory after the first lookup (a
     /// username never changes; a disabled user's sessions are revoked, so
     /// their tokens never get this far).
-    pub async fn username(&self, user_id: &str) -> Result<String> {
+    pub async fn username(&self, user_id: &str) -> Result<Arc<str>> {
         let cached = self
             .usernames
             .lock()
@@ -194,12 +194,13 @@ impl Auth {
             return Ok(name);
         }
         let user = self.get_user(user_id).await?;
+        let name: Arc<str> = user.username.into();
         let mut names = self.usernames.lock().unwrap_or_else(|e| e.into_inner());
         if names.len() >= USERNAME_CACHE_MAX {
             names.clear();
         }
-        names.insert(user.id.clone(), user.username.clone());
-        Ok(user.username)
+        names.insert(user.id, name.clone());
+        Ok(name)
     }
 
     /// The revoked set (for health and metrics).
@@ -236,7 +237,7 @@ impl Auth {
 
     /// Verifies an access token: signature, claims, then the revoked set. No I/O.
     pub fn authenticate_token(&self, token: &str) -> Result<Principal> {
-        let claims = self.jwt.verify(token)?;
+        let claims = self.jwt.verify_shared(token)?;
         if self
             .revocations
             .is_revoked(&revocation::session_subject(&claims.sid))
@@ -247,8 +248,8 @@ impl Auth {
             ));
         }
         Ok(Principal::User {
-            user_id: claims.sub,
-            session_id: claims.sid,
+            user_id: claims.sub.clone(),
+            session_id: claims.sid.clone(),
             role: claims.role.parse()?,
         })
     }

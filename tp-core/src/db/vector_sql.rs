@@ -55,3 +55,31 @@ impl FromSql<Vector, Pg> for PgVector {
         ))
     }
 }
+
+/// A query vector bound as PostgreSQL's built-in `real[]` (cast to `vector`
+/// in SQL), in one write of the binary array format. Diesel's generic array
+/// encoding writes element by element, and a bind of pgvector's own type
+/// makes the driver encode every bind twice to find its OID.
+#[derive(Debug, Clone, Copy, diesel::expression::AsExpression)]
+#[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Float4>)]
+pub struct PgFloat4Array<'a>(pub &'a [f32]);
+
+/// OID of `real` (float4).
+const FLOAT4_OID: i32 = 700;
+
+impl ToSql<diesel::sql_types::Array<diesel::sql_types::Float4>, Pg> for PgFloat4Array<'_> {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        let len = i32::try_from(self.0.len()).map_err(|_| "array too long")?;
+        let mut buf = Vec::with_capacity(20 + self.0.len() * 8);
+        // One dimension, no NULLs, element type, then its length and lower bound.
+        for word in [1, 0, FLOAT4_OID, len, 1] {
+            buf.extend_from_slice(&word.to_be_bytes());
+        }
+        for v in self.0 {
+            buf.extend_from_slice(&4i32.to_be_bytes());
+            buf.extend_from_slice(&v.to_be_bytes());
+        }
+        out.write_all(&buf)?;
+        Ok(IsNull::No)
+    }
+}

@@ -284,6 +284,11 @@ impl RateLimiter {
         self.local.tracked_keys()
     }
 
+    /// False when limits are turned off (`TP_RATE_LIMIT_DISABLED`).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// `disabled`, `local` or `global`.
     pub fn mode(&self) -> &'static str {
         match (self.enabled, &self.global) {

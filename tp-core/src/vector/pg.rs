@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::filter::SqlBind;
 use super::model::{Collection, Document, Metric, NewDocument, Search, SearchHit};
-use crate::db::vector_sql::{PgVector, Vector};
+use crate::db::vector_sql::{PgFloat4Array, PgVector, Vector};
 use crate::db::{Database, with_conn};
 use crate::error::{Error, Result};
 use crate::time::now_ms;
@@ -222,6 +222,11 @@ struct HitRow {
 }
 
 /// The (filtered) search statement and its binds after the query vector (`$1`).
+/// The filtered search statement and its binds after the query vector (`$1`).
+///
+/// The query vector is bound as `real[]` and cast to `vector` in SQL: a
+/// built-in parameter type, which the driver sends as it is, where a bind
+/// of pgvector's own type would be encoded twice to resolve its OID.
 pub(super) fn search_sql(collection: &Collection, search: &Search) -> (String, Vec<SqlBind>) {
     let op = operator(collection.metric);
     let expr = distance_expression(collection, search);
@@ -232,8 +237,8 @@ pub(super) fn search_sql(collection: &Collection, search: &Search) -> (String, V
         .map(|f| format!(" AND {}", f.to_sql(2, &mut binds)))
         .unwrap_or_default();
     let sql = format!(
-        "SELECT id, ({expr} {op} $1) AS distance, {} FROM documents \
-         WHERE collection_id = '{}'{filter} ORDER BY {expr} {op} $1 LIMIT {}",
+        "SELECT id, ({expr} {op} $1::vector) AS distance, {} FROM documents \
+         WHERE collection_id = '{}'{filter} ORDER BY {expr} {op} $1::vector LIMIT {}",
         result_columns(search),
         collection.id,
         search.k,
@@ -241,39 +246,47 @@ pub(super) fn search_sql(collection: &Collection, search: &Search) -> (String, V
     (sql, binds)
 }
 
-/// An unfiltered search, which diesel keeps prepared on each connection:
-/// its text depends only on the collection and the columns asked for (the
-/// query vector and `k` are binds), so a connection holds at most eight
-/// such statements per collection and a search is one round trip without
-/// parsing or planning from scratch. (`sql_query` statements are never
-/// cached, and a filter's shape would make the text unbounded.)
+/// The `LIMIT` of an unfiltered search: `k` rounded up to one of a few
+/// sizes, so a connection keeps few statements per collection.
+fn limit_bucket(k: usize) -> usize {
+    const BUCKETS: [usize; 6] = [10, 20, 50, 100, 200, 500];
+    BUCKETS
+        .into_iter()
+        .find(|&b| k <= b)
+        .unwrap_or(super::model::MAX_K as usize)
+}
+
+/// An unfiltered search, which diesel keeps prepared on each connection.
+///
+/// Its text depends only on the collection, the columns asked for and the
+/// `LIMIT` bucket; the query vector is the one bind. With the limit a
+/// literal, PostgreSQL's generic plan is the HNSW index scan, so after a
+/// few executions a search is neither parsed nor planned again (a bound
+/// `LIMIT` makes the generic plan a full sort, and every execution is
+/// planned from scratch). Rows past `k` are dropped by the caller.
+/// (`sql_query` statements are never cached, and a filter's shape would
+/// make the text unbounded.)
 struct UnfilteredSearch<'a> {
-    /// The statement around its two binds: before `$1`, between `$1` and
-    /// the `LIMIT` bind.
+    /// The statement before and after its one bind.
     head: String,
-    middle: String,
-    vector: &'a PgVector,
-    k: i64,
+    tail: String,
+    vector: PgFloat4Array<'a>,
 }
 
 impl UnfilteredSearch<'_> {
-    fn new<'a>(
-        collection: &Collection,
-        search: &Search,
-        vector: &'a PgVector,
-    ) -> UnfilteredSearch<'a> {
+    fn new<'a>(collection: &Collection, search: &'a Search) -> UnfilteredSearch<'a> {
         let op = operator(collection.metric);
         let expr = distance_expression(collection, search);
         UnfilteredSearch {
             head: format!("SELECT id, ({expr} {op} "),
-            middle: format!(
-                ") AS distance, {} FROM documents WHERE collection_id = '{}' \
-                 ORDER BY {expr} {op} $1 LIMIT ",
+            tail: format!(
+                "::vector) AS distance, {} FROM documents WHERE collection_id = '{}' \
+                 ORDER BY {expr} {op} $1::vector LIMIT {}",
                 result_columns(search),
-                collection.id
+                collection.id,
+                limit_bucket(search.k),
             ),
-            vector,
-            k: i64::try_from(search.k).unwrap_or(i64::MAX),
+            vector: PgFloat4Array(&search.vector),
         }
     }
 }
@@ -284,9 +297,8 @@ impl diesel::query_builder::QueryFragment<Pg> for UnfilteredSearch<'_> {
         mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
     ) -> QueryResult<()> {
         out.push_sql(&self.head);
-        out.push_bind_param::<Vector, _>(self.vector)?;
-        out.push_sql(&self.middle);
-        out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.k)?;
+        out.push_bind_param::<Array<diesel::sql_types::Float4>, _>(&self.vector)?;
+        out.push_sql(&self.tail);
         Ok(())
     }
 }
@@ -333,8 +345,7 @@ pub(super) async fn search(
     collection: &Collection,
     search: &Search,
 ) -> Result<Vec<SearchHit>> {
-    let vector = PgVector(search.vector.clone());
-    let unfiltered = || UnfilteredSearch::new(collection, search, &vector);
+    let unfiltered = || UnfilteredSearch::new(collection, search);
     // Built only for a filtered search: the unfiltered one has its own statement.
     let (sql, binds) = if search.filter.is_some() {
         search_sql(collection, search)
@@ -344,7 +355,7 @@ pub(super) async fn search(
     let query = || {
         let mut q = diesel::sql_query(sql.as_str())
             .into_boxed::<Pg>()
-            .bind::<Vector, _>(vector.clone());
+            .bind::<Array<diesel::sql_types::Float4>, _>(PgFloat4Array(&search.vector));
         for bind in &binds {
             q = match bind {
                 SqlBind::Path(p) => q.bind::<Array<Text>, _>(p.clone()),
@@ -392,6 +403,7 @@ pub(super) async fn search(
     // Iterative index scans in relaxed order may return neighbours slightly
     // out of order; the contract is best first.
     rows.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+    rows.truncate(search.k);
     Ok(rows
         .into_iter()
         .map(|row| SearchHit {

@@ -17,7 +17,7 @@ pub(crate) async fn create_user(mut ctx: Ctx) -> Result<Response, ApiError> {
 
 pub(crate) async fn list_users(ctx: Ctx) -> Result<Response, ApiError> {
     let users = ctx.plane.auth().list_users().await?;
-    response::json(StatusCode::OK, &json!({ "users": users }))
+    response::json_object(StatusCode::OK, "users", &users)
 }
 
 pub(crate) async fn get_user(ctx: Ctx) -> Result<Response, ApiError> {
@@ -41,13 +41,13 @@ pub(crate) async fn user_sessions(ctx: Ctx) -> Result<Response, ApiError> {
         .auth()
         .list_sessions(Some(ctx.param("id")))
         .await?;
-    response::json(StatusCode::OK, &json!({ "sessions": sessions }))
+    response::json_object(StatusCode::OK, "sessions", &sessions)
 }
 
 pub(crate) async fn list_sessions(ctx: Ctx) -> Result<Response, ApiError> {
     let user = ctx.query_param("user_id");
     let sessions = ctx.plane.auth().list_sessions(user.as_deref()).await?;
-    response::json(StatusCode::OK, &json!({ "sessions": sessions }))
+    response::json_object(StatusCode::OK, "sessions", &sessions)
 }
 
 pub(crate) async fn terminate_session(ctx: Ctx) -> Result<Response, ApiError> {
@@ -66,7 +66,7 @@ pub(crate) async fn create_api_key(mut ctx: Ctx) -> Result<Response, ApiError> {
 
 pub(crate) async fn list_api_keys(ctx: Ctx) -> Result<Response, ApiError> {
     let keys = ctx.plane.auth().list_api_keys().await?;
-    response::json(StatusCode::OK, &json!({ "api_keys": keys }))
+    response::json_object(StatusCode::OK, "api_keys", &keys)
 }
 
 pub(crate) async fn revoke_api_key(ctx: Ctx) -> Result<Response, ApiError> {

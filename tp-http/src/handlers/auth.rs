@@ -1,9 +1,8 @@
 //! `/api/auth`: login, refresh, logout, me.
 
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::json;
-use tp_core::auth::Principal;
+use serde::{Deserialize, Serialize};
+use tp_core::auth::{Principal, Role};
 
 use crate::Response;
 use crate::context::Ctx;
@@ -45,25 +44,44 @@ pub(crate) async fn logout(ctx: Ctx) -> Result<Response, ApiError> {
     Ok(response::no_content())
 }
 
+/// The body of `GET /api/auth/me`.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Me<'a> {
+    User {
+        id: &'a str,
+        username: &'a str,
+        role: Role,
+        session_id: &'a str,
+    },
+    ApiKey {
+        id: &'a str,
+        role: Role,
+    },
+}
+
 pub(crate) async fn me(ctx: Ctx) -> Result<Response, ApiError> {
-    let body = match ctx.principal()? {
+    match ctx.principal()? {
         Principal::User {
             user_id,
             session_id,
             role,
         } => {
             let username = ctx.plane.auth().username(user_id).await?;
-            json!({
-                "kind": "user",
-                "id": user_id,
-                "username": username,
-                "role": role,
-                "session_id": session_id,
-            })
+            let me = Me::User {
+                id: user_id,
+                username: &username,
+                role: *role,
+                session_id,
+            };
+            response::json(StatusCode::OK, &me)
         }
-        Principal::ApiKey { key_id, role } => {
-            json!({ "kind": "api_key", "id": key_id, "role": role })
-        }
-    };
-    response::json(StatusCode::OK, &body)
+        Principal::ApiKey { key_id, role } => response::json(
+            StatusCode::OK,
+            &Me::ApiKey {
+                id: key_id,
+                role: *role,
+            },
+        ),
+    }
 }

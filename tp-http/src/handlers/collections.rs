@@ -30,7 +30,7 @@ pub(crate) async fn create(mut ctx: Ctx) -> Result<Response, ApiError> {
 
 pub(crate) async fn list(ctx: Ctx) -> Result<Response, ApiError> {
     let collections = ctx.plane.vectors().list_collections().await?;
-    response::json(StatusCode::OK, &json!({ "collections": collections }))
+    response::json_object(StatusCode::OK, "collections", &collections)
 }
 
 pub(crate) async fn get(ctx: Ctx) -> Result<Response, ApiError> {
@@ -104,5 +104,5 @@ pub(crate) async fn search(mut ctx: Ctx) -> Result<Response, ApiError> {
         .vectors()
         .search(ctx.param("name"), request)
         .await?;
-    response::json(StatusCode::OK, &json!({ "results": results }))
+    response::json_object(StatusCode::OK, "results", &results)
 }

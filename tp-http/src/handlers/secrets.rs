@@ -51,7 +51,7 @@ pub(crate) async fn delete(ctx: Ctx) -> Result<Response, ApiError> {
 
 pub(crate) async fn list(ctx: Ctx) -> Result<Response, ApiError> {
     let secrets = ctx.plane.secrets().list().await?;
-    response::json(StatusCode::OK, &json!({ "secrets": secrets }))
+    response::json_object(StatusCode::OK, "secrets", &secrets)
 }
 
 pub(crate) async fn license(ctx: Ctx) -> Result<Response, ApiError> {

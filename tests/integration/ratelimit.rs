@@ -96,6 +96,26 @@ async fn hammer_every(
     total
 }
 
+/// A load over the limit, admitted within 5% of what GCRA allows, nothing but 200 and 429.
+fn assert_global_limit(tally: &Tally, want: f64) {
+    assert!(
+        tally.other.is_empty(),
+        "unexpected statuses {:?}",
+        tally.other
+    );
+    let error = (tally.admitted as f64 - want).abs() / want;
+    assert!(
+        error <= 0.05,
+        "admitted {} vs {want:.1}: {:.1}% off",
+        tally.admitted,
+        error * 100.0
+    );
+    assert!(
+        tally.refused > tally.admitted,
+        "the load must exceed the limit"
+    );
+}
+
 /// What GCRA admits for one key in `elapsed`: the burst, then one per interval.
 fn expected(elapsed: Duration) -> f64 {
     expected_for(PER_MINUTE, BURST, elapsed)
@@ -132,22 +152,7 @@ async fn leases_keep_a_busy_key_within_its_global_limit_with_fewer_round_trips()
          {round_trips} script calls for {sent} requests",
         tally.admitted, tally.refused, tally.elapsed
     );
-    assert!(
-        tally.other.is_empty(),
-        "unexpected statuses {:?}",
-        tally.other
-    );
-    let error = (tally.admitted as f64 - want).abs() / want;
-    assert!(
-        error <= 0.05,
-        "admitted {} vs {want:.1}: {:.1}% off",
-        tally.admitted,
-        error * 100.0
-    );
-    assert!(
-        tally.refused > tally.admitted,
-        "the load must exceed the limit"
-    );
+    assert_global_limit(&tally, want);
     assert!(
         round_trips * 3 < sent,
         "{round_trips} round trips for {sent} requests: leases and remembered refusals should spare most"
@@ -167,22 +172,7 @@ async fn with_redis_three_replicas_share_one_global_limit() {
         "global: admitted {} refused {} over {:?} across 3 replicas; GCRA allows {want:.1}",
         tally.admitted, tally.refused, tally.elapsed
     );
-    assert!(
-        tally.other.is_empty(),
-        "unexpected statuses {:?}",
-        tally.other
-    );
-    let error = (tally.admitted as f64 - want).abs() / want;
-    assert!(
-        error <= 0.05,
-        "admitted {} vs {want:.1}: {:.1}% off",
-        tally.admitted,
-        error * 100.0
-    );
-    assert!(
-        tally.refused > tally.admitted,
-        "the load must exceed the limit"
-    );
+    assert_global_limit(&tally, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

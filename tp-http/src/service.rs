@@ -9,10 +9,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tp_core::config::IpNet;
-use tp_core::ratelimit::{Decision, LimitClass, Source};
+use tp_core::ratelimit::{Decision, LimitClass, Policy, Source};
 use tp_core::{Error, TenantPlane};
 
 use crate::context::Ctx;
@@ -56,14 +56,22 @@ struct Inner {
     max_body: usize,
     request_timeout: Duration,
     trusted_proxies: Vec<IpNet>,
+    /// `RateLimit-Policy` of each policy.
+    policy_headers: Vec<(Policy, HeaderValue)>,
 }
 
 impl Api {
     /// The API over `plane`, with limits from its configuration.
     pub fn new(plane: Arc<TenantPlane>) -> Api {
         let http = plane.config().http.clone();
+        let policy_headers = [LimitClass::User, LimitClass::Anonymous, LimitClass::Login]
+            .into_iter()
+            .map(|class| plane.rate_limiter().policy(class))
+            .filter_map(|policy| Some((policy, policy_header(&policy)?)))
+            .collect();
         Api {
             inner: Arc::new(Inner {
+                policy_headers,
                 metrics: std::sync::OnceLock::new(),
                 plane,
                 router: handlers::routes(),
@@ -239,7 +247,7 @@ impl Api {
                     .into_response(&request_id),
                 };
                 if let Some(decision) = limit {
-                    rate_limit_headers(&mut response, &decision);
+                    rate_limit_headers(inner, &mut response, &decision);
                 }
                 (response, matched.route.pattern)
             }
@@ -285,11 +293,7 @@ async fn limit(
         None => (LimitClass::Anonymous, ip()),
     };
     let decision = inner.plane.rate_limiter().check(class, &key).await;
-    telemetry::metrics().record_limit(
-        decision.policy.name,
-        decision.source.as_str(),
-        decision.allowed,
-    );
+    telemetry::metrics().record_limit(decision.policy.name, decision.source, decision.allowed);
     if decision.allowed {
         return Ok(Some(decision));
     }
@@ -304,24 +308,40 @@ async fn limit(
         },
     };
     let mut response = ApiError::from(error).into_response(request_id);
-    rate_limit_headers(&mut response, &decision);
+    rate_limit_headers(inner, &mut response, &decision);
     Err(response)
 }
 
 /// `RateLimit-Limit`, `-Remaining`, `-Reset` (draft-ietf-httpapi-ratelimit-headers) and the policy.
-fn rate_limit_headers(response: &mut Response, decision: &Decision) {
+fn rate_limit_headers(inner: &Inner, response: &mut Response, decision: &Decision) {
+    const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     let headers = response.headers_mut();
     let reset = decision.reset_after.as_secs() + u64::from(decision.reset_after.subsec_nanos() > 0);
     let policy = decision.policy;
-    headers.insert("ratelimit-limit", HeaderValue::from(policy.burst));
-    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
-    headers.insert("ratelimit-reset", HeaderValue::from(reset));
-    if let Ok(value) = HeaderValue::from_str(&format!(
+    headers.reserve(4);
+    headers.insert(LIMIT, HeaderValue::from(policy.burst));
+    headers.insert(REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(RESET, HeaderValue::from(reset));
+    // Formatted once per policy at start; policies never change.
+    let known = inner.policy_headers.iter().find(|(p, _)| *p == policy);
+    if let Some(value) = known
+        .map(|(_, v)| v.clone())
+        .or_else(|| policy_header(&policy))
+    {
+        headers.insert(POLICY, value);
+    }
+}
+
+/// `RateLimit-Policy` of a policy.
+fn policy_header(policy: &Policy) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
         "{};w=60;burst={};name=\"{}\"",
         policy.per_minute, policy.burst, policy.name
-    )) {
-        headers.insert("ratelimit-policy", value);
-    }
+    ))
+    .ok()
 }
 
 /// Headers every response carries, and the request log line.

@@ -3,12 +3,14 @@
 //! installs Prometheus and, when configured, OTLP.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::{Counter, Histogram, ObservableCounter};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue, global};
+use tp_core::ratelimit::Source;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Latency buckets in seconds: 1 ms to 10 s.
@@ -19,8 +21,25 @@ const BUCKETS: &[f64] = &[
 pub(crate) struct Metrics {
     requests: Counter<u64>,
     duration: Histogram<f64>,
-    limits: Counter<u64>,
+    _limits: ObservableCounter<u64>,
 }
+
+/// Rate limit policies, in the order of [`DECISIONS`].
+const POLICIES: [&str; 3] = ["user", "anon", "login"];
+/// Deciding limiters, in the order of [`DECISIONS`].
+const SOURCES: [Source; 6] = [
+    Source::Disabled,
+    Source::Local,
+    Source::Global,
+    Source::LocalFallback,
+    Source::FailOpen,
+    Source::FailClosed,
+];
+
+/// Rate limit decisions by policy, source and outcome (refused, admitted):
+/// an atomic add on the request path, read when metrics are collected.
+static DECISIONS: [[[AtomicU64; 2]; SOURCES.len()]; POLICIES.len()] =
+    [const { [const { [const { AtomicU64::new(0) }; 2] }; SOURCES.len()] }; POLICIES.len()];
 
 pub(crate) fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -37,9 +56,28 @@ pub(crate) fn metrics() -> &'static Metrics {
                 .with_description("HTTP request latency by route, method and status")
                 .with_boundaries(BUCKETS.to_vec())
                 .build(),
-            limits: meter
-                .u64_counter("tp.ratelimit.decisions")
+            _limits: meter
+                .u64_observable_counter("tp.ratelimit.decisions")
                 .with_description("Rate limit decisions by policy, deciding limiter and outcome")
+                .with_callback(|observer| {
+                    for (p, policy) in POLICIES.iter().enumerate() {
+                        for (s, source) in SOURCES.iter().enumerate() {
+                            for (o, outcome) in ["refused", "admitted"].iter().enumerate() {
+                                let n = DECISIONS[p][s][o].load(Ordering::Relaxed);
+                                if n > 0 {
+                                    observer.observe(
+                                        n,
+                                        &[
+                                            KeyValue::new("policy", *policy),
+                                            KeyValue::new("source", source.as_str()),
+                                            KeyValue::new("outcome", *outcome),
+                                        ],
+                                    );
+                                }
+                            }
+                        }
+                    }
+                })
                 .build(),
         }
     })
@@ -62,15 +100,12 @@ impl Metrics {
         self.duration.record(elapsed.as_secs_f64(), &attributes);
     }
 
-    pub(crate) fn record_limit(&self, policy: &'static str, source: &'static str, allowed: bool) {
-        self.limits.add(
-            1,
-            &[
-                KeyValue::new("policy", policy),
-                KeyValue::new("source", source),
-                KeyValue::new("outcome", if allowed { "admitted" } else { "refused" }),
-            ],
-        );
+    pub(crate) fn record_limit(&self, policy: &'static str, source: Source, allowed: bool) {
+        let p = POLICIES.iter().position(|&name| name == policy);
+        let s = SOURCES.iter().position(|&known| known == source);
+        if let (Some(p), Some(s)) = (p, s) {
+            DECISIONS[p][s][usize::from(allowed)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

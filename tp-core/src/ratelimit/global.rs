@@ -207,13 +207,39 @@ impl GlobalLimiter {
 
     /// Remembers a refusal until the bucket has a slot again (1 s at most).
     fn refused(&self, key: String, size: u32, retry_after: Duration) {
+        self.update(key, size, |lease, now| {
+            lease.denied_until = Some(now + retry_after.min(Duration::from_secs(1)));
+        });
+    }
+
+    /// Keeps what a round trip granted beyond the request that asked.
+    fn keep(&self, key: String, size: u32, tokens: u32, remaining: u32, reset_after: Duration) {
+        self.update(key, size, |lease, now| {
+            // Concurrent round trips of one key add up; an expired rest is lost.
+            let left = if lease.live(now) { lease.tokens } else { 0 };
+            *lease = Lease {
+                tokens: left + tokens,
+                size,
+                granted_at: now,
+                remaining,
+                reset_after,
+                denied_until: None,
+            };
+        });
+    }
+
+    /// Changes the lease of `key` (an empty one when there is none), unless
+    /// the table is full of live entries.
+    fn update(&self, key: String, size: u32, change: impl FnOnce(&mut Lease, Instant)) {
         let now = Instant::now();
-        let until = now + retry_after.min(Duration::from_secs(1));
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        if !room(&mut leases, &key, now) {
-            return;
+        if leases.len() >= LEASES_MAX && !leases.contains_key(&key) {
+            leases.retain(|_, l| l.live(now) || l.denied_until.is_some_and(|until| now < until));
+            if leases.len() >= LEASES_MAX {
+                return;
+            }
         }
-        let entry = leases.entry(key).or_insert(Lease {
+        let lease = leases.entry(key).or_insert(Lease {
             tokens: 0,
             size,
             granted_at: now,
@@ -221,34 +247,7 @@ impl GlobalLimiter {
             reset_after: Duration::ZERO,
             denied_until: None,
         });
-        entry.denied_until = Some(until);
-    }
-
-    /// Keeps what a round trip granted beyond the request that asked.
-    fn keep(&self, key: String, size: u32, tokens: u32, remaining: u32, reset_after: Duration) {
-        let now = Instant::now();
-        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        if !room(&mut leases, &key, now) {
-            return;
-        }
-        let entry = leases.entry(key).or_insert(Lease {
-            tokens: 0,
-            size,
-            granted_at: now,
-            remaining,
-            reset_after,
-            denied_until: None,
-        });
-        // Concurrent round trips of one key add up; an expired rest is lost.
-        let left = if entry.live(now) { entry.tokens } else { 0 };
-        *entry = Lease {
-            tokens: left + tokens,
-            size,
-            granted_at: now,
-            remaining,
-            reset_after,
-            denied_until: None,
-        };
+        change(lease, now);
     }
 
     /// Leases held now (for tests and health).
@@ -261,15 +260,6 @@ impl GlobalLimiter {
 /// of the burst at most, so replicas sharing a key never hold much of it.
 fn lease_cap(lease_max: u32, burst: u32) -> u32 {
     lease_max.min(burst / 8).max(1)
-}
-
-/// Whether `key` fits in the table, dropping what is stale when it is full.
-fn room(leases: &mut HashMap<String, Lease>, key: &str, now: Instant) -> bool {
-    if leases.len() < LEASES_MAX || leases.contains_key(key) {
-        return true;
-    }
-    leases.retain(|_, l| l.live(now) || l.denied_until.is_some_and(|until| now < until));
-    leases.len() < LEASES_MAX
 }
 
 /// What this replica can decide alone.

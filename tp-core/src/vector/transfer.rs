@@ -245,9 +245,11 @@ pub async fn import<R: AsyncBufRead + Unpin>(
     }
 
     let mut report = TransferReport::default();
-    let mut state = Progress::default();
-    let mut current: Option<String> = None;
-    let mut pending: Vec<NewDocument> = Vec::with_capacity(batch);
+    let mut pending = Pending {
+        collection: None,
+        documents: Vec::with_capacity(batch),
+        state: Progress::default(),
+    };
     let mut end = None;
     while let Some(text) = lines.next_line().await.map_err(io)? {
         number += 1;
@@ -260,63 +262,46 @@ pub async fn import<R: AsyncBufRead + Unpin>(
         let line: Line = serde_json::from_str(&text).map_err(|e| bad_line(number, e))?;
         match line {
             Line::Collection(c) => {
-                flush(
-                    vectors,
-                    current.as_deref(),
-                    &mut pending,
-                    &mut state,
-                    &mut progress,
-                )
-                .await?;
+                pending.flush(vectors, &mut progress).await?;
                 if prepare_collection(vectors, &c).await? {
                     report.created += 1;
                 }
                 report.collections += 1;
-                state = Progress {
+                pending.state = Progress {
                     collection: c.name.clone(),
                     documents: 0,
                     expected: c.documents,
                     total_documents: report.documents,
                     collections: report.collections,
                 };
-                progress(&state);
-                current = Some(c.name);
+                progress(&pending.state);
+                pending.collection = Some(c.name);
             }
             Line::Document(d) => {
-                if current.is_none() {
+                if pending.collection.is_none() {
                     return Err(bad_line(number, "a document before any collection"));
                 }
-                pending.push(NewDocument {
+                pending.documents.push(NewDocument {
                     id: d.id,
                     vector: d.vector,
                     content: d.content,
                     metadata: d.metadata,
                 });
                 report.documents += 1;
-                if pending.len() == batch {
-                    flush(
-                        vectors,
-                        current.as_deref(),
-                        &mut pending,
-                        &mut state,
-                        &mut progress,
-                    )
-                    .await
-                    .map_err(|e| at_line(e, number))?;
+                if pending.documents.len() == batch {
+                    pending
+                        .flush(vectors, &mut progress)
+                        .await
+                        .map_err(|e| at_line(e, number))?;
                 }
             }
             Line::End(e) => end = Some(e),
         }
     }
-    flush(
-        vectors,
-        current.as_deref(),
-        &mut pending,
-        &mut state,
-        &mut progress,
-    )
-    .await
-    .map_err(|e| at_line(e, number))?;
+    pending
+        .flush(vectors, &mut progress)
+        .await
+        .map_err(|e| at_line(e, number))?;
     let counted = EndLine {
         collections: report.collections,
         documents: report.documents,
@@ -387,21 +372,30 @@ async fn prepare_collection(vectors: &Vectors, line: &CollectionLine) -> Result<
     }
 }
 
-async fn flush(
-    vectors: &Vectors,
-    collection: Option<&str>,
-    pending: &mut Vec<NewDocument>,
-    state: &mut Progress,
-    progress: &mut impl FnMut(&Progress),
-) -> Result<()> {
-    let (Some(name), false) = (collection, pending.is_empty()) else {
-        return Ok(());
-    };
-    let documents = std::mem::take(pending);
-    let n = documents.len() as u64;
-    vectors.upsert(name, documents).await?;
-    state.documents += n;
-    state.total_documents += n;
-    progress(state);
-    Ok(())
+/// Documents read and not written yet, and where the import stands.
+struct Pending {
+    /// The collection they belong to.
+    collection: Option<String>,
+    documents: Vec<NewDocument>,
+    state: Progress,
+}
+
+impl Pending {
+    /// Upserts what is pending in one transaction.
+    async fn flush(
+        &mut self,
+        vectors: &Vectors,
+        progress: &mut impl FnMut(&Progress),
+    ) -> Result<()> {
+        let (Some(name), false) = (&self.collection, self.documents.is_empty()) else {
+            return Ok(());
+        };
+        let documents = std::mem::take(&mut self.documents);
+        let n = documents.len() as u64;
+        vectors.upsert(name, documents).await?;
+        self.state.documents += n;
+        self.state.total_documents += n;
+        progress(&self.state);
+        Ok(())
+    }
 }

@@ -155,48 +155,18 @@ impl Api {
                 (response, "<unmatched>")
             }
             Ok(matched) => {
-                // Past the license's grace period only health, metrics and
-                // the license itself answer.
-                if !license_exempt(matched.route.pattern)
-                    && let Err(e) = inner.plane.license().gate()
-                {
-                    let response = ApiError::from(e).into_response(&request_id);
-                    return finish(
-                        inner,
-                        response,
-                        &request_id,
-                        &method,
-                        matched.route.pattern,
-                        started,
-                    );
-                }
-                let principal = match matched.route.access {
-                    Access::Public => None,
-                    Access::Role(needed) => {
-                        let authorization = parts
-                            .headers
-                            .get(header::AUTHORIZATION)
-                            .and_then(|v| v.to_str().ok());
-                        let authenticated = inner
-                            .plane
-                            .auth()
-                            .authenticate(authorization)
-                            .await
-                            .and_then(|p| p.require(needed).map(|()| p));
-                        match authenticated {
-                            Ok(principal) => Some(principal),
-                            Err(e) => {
-                                let response = ApiError::from(e).into_response(&request_id);
-                                return finish(
-                                    inner,
-                                    response,
-                                    &request_id,
-                                    &method,
-                                    matched.route.pattern,
-                                    started,
-                                );
-                            }
-                        }
+                let principal = match admit(inner, matched.route, &parts.headers).await {
+                    Ok(principal) => principal,
+                    Err(e) => {
+                        let response = ApiError::from(e).into_response(&request_id);
+                        return finish(
+                            inner,
+                            response,
+                            &request_id,
+                            &method,
+                            matched.route.pattern,
+                            started,
+                        );
                     }
                 };
                 let limit = match limit(
@@ -254,6 +224,30 @@ impl Api {
         };
 
         finish(inner, response, &request_id, &method, route, started)
+    }
+}
+
+/// The license gate, then the principal a route needs (`None` on public
+/// routes): past the license's grace period only health, metrics and the
+/// license itself answer.
+async fn admit(
+    inner: &Inner,
+    route: &crate::router::Route,
+    headers: &http::HeaderMap,
+) -> Result<Option<tp_core::auth::Principal>, Error> {
+    if !license_exempt(route.pattern) {
+        inner.plane.license().gate()?;
+    }
+    match route.access {
+        Access::Public => Ok(None),
+        Access::Role(needed) => {
+            let authorization = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let principal = inner.plane.auth().authenticate(authorization).await?;
+            principal.require(needed)?;
+            Ok(Some(principal))
+        }
     }
 }
 

@@ -168,14 +168,18 @@ impl PgCluster {
         );
     }
 
-    /// Kills the postmaster with SIGKILL, as a crashed primary.
-    pub fn kill(&self) {
-        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
+    /// The running postmaster's process id.
+    pub fn postmaster_pid(&self) -> u32 {
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
             .ok()
             .and_then(|text| text.lines().next().map(str::to_owned))
             .and_then(|line| line.trim().parse::<u32>().ok())
-            .expect("postmaster.pid");
-        crate::signal(pid, "KILL");
+            .expect("postmaster.pid")
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crashed primary.
+    pub fn kill(&self) {
+        crate::signal(self.postmaster_pid(), "KILL");
         // Children notice the postmaster is gone and exit; wait for the port to free.
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()

@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 use tp_tests::replica::{Replica, prod_env, set};
 use tp_tests::{Client, RedisServer};
 
-use crate::load::{self, Bounds, Hello, Target};
+use crate::load::{self, Bounds, Hello, Proc, Target};
 use crate::report::{Summary, Target as Goal, ms};
 use crate::{Opts, Services};
 
@@ -97,7 +97,7 @@ pub async fn run_auth(opts: &Opts, services: &Services, summary: &mut Summary) {
     ]
     .map(|mut t| {
         if t.addr == replica.addr {
-            t.processes = vec![("replica", replica.pid())];
+            t.processes = vec![("replica", Proc::One(replica.pid()))];
         }
         Arc::new(t)
     });
@@ -332,10 +332,10 @@ pub async fn run_ratelimit(opts: &Opts, services: &Services, summary: &mut Summa
             .iter()
             .map(|(name, r)| {
                 let mut t = Target::get(name, r.addr, "/api/auth/me", Some(credential), 200);
-                t.processes = vec![("replica", r.pid())];
+                t.processes = vec![("replica", Proc::One(r.pid()))];
                 if let Some(pid) = redis_pid {
                     // Also when Redis is idle, so the columns line up.
-                    t.processes.push(("redis", pid));
+                    t.processes.push(("redis", Proc::One(pid)));
                 }
                 Arc::new(t)
             })

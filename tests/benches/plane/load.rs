@@ -33,7 +33,7 @@ pub struct Target {
     /// The status every answer must have to count as a success.
     pub expect: StatusCode,
     /// Server processes whose CPU time to account, by label.
-    pub processes: Vec<(&'static str, u32)>,
+    pub processes: Vec<(&'static str, Proc)>,
 }
 
 impl Target {
@@ -219,11 +219,7 @@ pub struct Bounds {
 pub async fn run(target: &Arc<Target>, bounds: Bounds) -> Outcome {
     let claimed = Arc::new(AtomicU64::new(0));
     let cpu = busy_cpu();
-    let processes: Vec<Duration> = target
-        .processes
-        .iter()
-        .map(|(_, pid)| process_cpu(*pid))
-        .collect();
+    let processes: Vec<Duration> = target.processes.iter().map(|(_, p)| p.cpu()).collect();
     let started = Instant::now();
     let deadline = started + bounds.time;
     let workers: Vec<_> = (0..bounds.concurrency)
@@ -245,26 +241,65 @@ pub async fn run(target: &Arc<Target>, bounds: Bounds) -> Outcome {
         .processes
         .iter()
         .zip(processes)
-        .map(|((label, pid), before)| (*label, process_cpu(*pid).saturating_sub(before)))
+        .map(|((label, p), before)| (*label, p.cpu().saturating_sub(before)))
         .collect();
     total
 }
 
+/// A process whose CPU time a load accounts.
+#[derive(Clone, Copy)]
+pub enum Proc {
+    /// One process, all its threads.
+    One(u32),
+    /// A process and its children (the postmaster and its backends).
+    Tree(u32),
+    /// The bench itself: the load's client side.
+    Client,
+}
+
+impl Proc {
+    pub fn cpu(self) -> Duration {
+        match self {
+            Proc::One(pid) => process_cpu(pid),
+            Proc::Client => process_cpu(std::process::id()),
+            Proc::Tree(root) => {
+                let children: Duration = std::fs::read_dir("/proc")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|&pid| parent(pid) == Some(root))
+                    .map(process_cpu)
+                    .sum();
+                process_cpu(root) + children
+            }
+        }
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces).
+fn stat_fields(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    stat_fields(pid).get(1)?.parse().ok()
+}
+
 /// User and system CPU time of process `pid` (`/proc/<pid>/stat`, all threads).
 pub fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is the
-    // first, utime the 12th and stime the 13th.
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
+    // After the command name, state is the first field, utime the 12th and
+    // stime the 13th; USER_HZ is 100 on Linux.
+    let ticks: u64 = stat_fields(pid)
+        .iter()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
     Duration::from_millis(ticks * 10)
 }
 

@@ -17,7 +17,7 @@ use tp_tests::Client;
 use tp_tests::replica::{ENCRYPTION_KEY, JWT_SECRET, Replica, prod_env, set};
 
 use crate::data::{Embeddings, exact_top_k};
-use crate::load::{self, Bounds, Outcome, Target};
+use crate::load::{self, Bounds, Outcome, Proc, Target};
 use crate::report::{Summary, Target as Goal, ms};
 use crate::{Opts, Services};
 
@@ -213,7 +213,11 @@ async fn postgres(
     });
 
     recall(&client, &replica, data, summary).await;
-    latency(opts, &replica, &token, &url, &sql, data, summary).await;
+    let postmaster = cluster.postmaster_pid();
+    latency(
+        opts, &replica, postmaster, &token, &url, &sql, data, summary,
+    )
+    .await;
     Postgres { _replica: replica }
 }
 
@@ -492,9 +496,11 @@ async fn sql_load(
     queries: &Arc<Vec<Vec<f32>>>,
     prepare: Prepare,
     bounds: Bounds,
+    processes: &[(&'static str, Proc)],
 ) -> Outcome {
     let claimed = Arc::new(AtomicU64::new(0));
     let cpu = load::busy_cpu();
+    let before: Vec<Duration> = processes.iter().map(|(_, p)| p.cpu()).collect();
     let started = Instant::now();
     let deadline = started + bounds.time;
     let workers: Vec<_> = clients
@@ -544,13 +550,20 @@ async fn sql_load(
     }
     total.elapsed = started.elapsed();
     total.cpu = load::busy_cpu().saturating_sub(cpu);
+    total.process_cpu = processes
+        .iter()
+        .zip(before)
+        .map(|((label, p), before)| (*label, p.cpu().saturating_sub(before)))
+        .collect();
     total
 }
 
 /// API search vs the same statement as raw SQL, interleaved round by round.
+#[allow(clippy::too_many_arguments)]
 async fn latency(
     opts: &Opts,
     replica: &Replica,
+    postmaster: u32,
     token: &str,
     url: &str,
     sql: &str,
@@ -567,9 +580,17 @@ async fn latency(
         // The default include (content and metadata), as the SQL selects.
         bodies: data.queries.iter().map(|q| search_body(q, "")).collect(),
         expect: StatusCode::OK,
-        processes: vec![("replica", replica.pid())],
+        processes: vec![
+            ("replica", Proc::One(replica.pid())),
+            ("postgres", Proc::Tree(postmaster)),
+            ("client", Proc::Client),
+        ],
     });
     let clients = sql_clients(url, sql, SEARCH_CONCURRENCY).await;
+    let sql_meters = [
+        ("postgres", Proc::Tree(postmaster)),
+        ("client", Proc::Client),
+    ];
     println!(
         "\nsearch latency, k={K}, default include (content, metadata): API through a replica vs \
          the server's statement on tokio-postgres connections with the server's session \
@@ -593,10 +614,11 @@ async fn latency(
         for _ in 0..opts.rounds {
             load::run(&target, warm).await;
             api.merge(load::run(&target, bounds).await);
-            sql_load(&clients, &queries, Prepare::Once, warm).await;
-            sql_out.merge(sql_load(&clients, &queries, Prepare::Once, bounds).await);
-            sql_load(&clients, &queries, Prepare::EachQuery, warm).await;
-            sql_each.merge(sql_load(&clients, &queries, Prepare::EachQuery, bounds).await);
+            sql_load(&clients, &queries, Prepare::Once, warm, &[]).await;
+            sql_out.merge(sql_load(&clients, &queries, Prepare::Once, bounds, &sql_meters).await);
+            sql_load(&clients, &queries, Prepare::EachQuery, warm, &[]).await;
+            sql_each
+                .merge(sql_load(&clients, &queries, Prepare::EachQuery, bounds, &sql_meters).await);
         }
         let (api, sql_out, sql_each) = (api.sorted(), sql_out.sorted(), sql_each.sorted());
         println!(" {concurrency} client(s):");

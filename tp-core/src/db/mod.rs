@@ -132,6 +132,10 @@ impl Database {
                 .connection_timeout(config.connect_timeout)
                 .idle_timeout(Some(config.idle_timeout))
                 .test_on_check_out(false)
+                // The connection used last is handed out first: a few hot
+                // backends carry the load (warm caches on both sides) and
+                // the rest age out through the idle timeout.
+                .queue_strategy(bb8::QueueStrategy::Lifo)
                 .retry_connection(false)
                 .reaper_rate(Duration::from_secs(5))
         }

@@ -11,28 +11,39 @@ use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, IsNull, Output, ToSql};
 
 /// SQL type of pgvector's `vector`.
+///
+/// Its binds declare no type (OID 0), and PostgreSQL infers `vector` from
+/// the column written or the `$n::vector` cast. pgvector's OID differs from
+/// database to database, and a type looked up by name makes diesel-async
+/// serialize every bind twice to patch the OID into it.
 #[derive(
     Debug, Clone, Copy, Default, diesel::sql_types::SqlType, diesel::query_builder::QueryId,
 )]
-#[diesel(postgres_type(name = "vector"))]
+#[diesel(postgres_type(oid = 0, array_oid = 0))]
 pub struct Vector;
 
-/// A vector value bound to or read from a `vector` column.
-#[derive(
-    Debug, Clone, PartialEq, diesel::expression::AsExpression, diesel::deserialize::FromSqlRow,
-)]
+/// A vector read from a `vector` column.
+#[derive(Debug, Clone, PartialEq, diesel::deserialize::FromSqlRow)]
 #[diesel(sql_type = Vector)]
 pub struct PgVector(pub Vec<f32>);
 
-impl ToSql<Vector, Pg> for PgVector {
+/// A vector bound to a `vector` parameter, in pgvector's binary format,
+/// which PostgreSQL reads without parsing or converting anything.
+#[derive(Debug, Clone, Copy, diesel::expression::AsExpression)]
+#[diesel(sql_type = Vector)]
+pub struct VectorBind<'a>(pub &'a [f32]);
+
+impl ToSql<Vector, Pg> for VectorBind<'_> {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
         let dim =
             u16::try_from(self.0.len()).map_err(|_| "vector has more than 65535 dimensions")?;
-        out.write_all(&dim.to_be_bytes())?;
-        out.write_all(&0u16.to_be_bytes())?;
-        for v in &self.0 {
-            out.write_all(&v.to_be_bytes())?;
+        let mut buf = Vec::with_capacity(4 + self.0.len() * 4);
+        buf.extend_from_slice(&dim.to_be_bytes());
+        buf.extend_from_slice(&0u16.to_be_bytes());
+        for v in self.0 {
+            buf.extend_from_slice(&v.to_be_bytes());
         }
+        out.write_all(&buf)?;
         Ok(IsNull::No)
     }
 }
@@ -53,33 +64,5 @@ impl FromSql<Vector, Pg> for PgVector {
                 .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
         ))
-    }
-}
-
-/// A query vector bound as PostgreSQL's built-in `real[]` (cast to `vector`
-/// in SQL), in one write of the binary array format. Diesel's generic array
-/// encoding writes element by element, and a bind of pgvector's own type
-/// makes the driver encode every bind twice to find its OID.
-#[derive(Debug, Clone, Copy, diesel::expression::AsExpression)]
-#[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Float4>)]
-pub struct PgFloat4Array<'a>(pub &'a [f32]);
-
-/// OID of `real` (float4).
-const FLOAT4_OID: i32 = 700;
-
-impl ToSql<diesel::sql_types::Array<diesel::sql_types::Float4>, Pg> for PgFloat4Array<'_> {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        let len = i32::try_from(self.0.len()).map_err(|_| "array too long")?;
-        let mut buf = Vec::with_capacity(20 + self.0.len() * 8);
-        // One dimension, no NULLs, element type, then its length and lower bound.
-        for word in [1, 0, FLOAT4_OID, len, 1] {
-            buf.extend_from_slice(&word.to_be_bytes());
-        }
-        for v in self.0 {
-            buf.extend_from_slice(&4i32.to_be_bytes());
-            buf.extend_from_slice(&v.to_be_bytes());
-        }
-        out.write_all(&buf)?;
-        Ok(IsNull::No)
     }
 }

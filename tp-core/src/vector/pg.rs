@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::filter::SqlBind;
 use super::model::{Collection, Document, Metric, NewDocument, Search, SearchHit};
-use crate::db::vector_sql::{PgFloat4Array, PgVector, Vector};
+use crate::db::vector_sql::{PgVector, Vector, VectorBind};
 use crate::db::{Database, with_conn};
 use crate::error::{Error, Result};
 use crate::time::now_ms;
@@ -90,9 +90,9 @@ pub(super) async fn upsert(
             (
                 documents::collection_id.eq(collection.id.as_str()),
                 documents::id.eq(d.id.as_str()),
-                documents::embedding.eq(PgVector(d.vector.clone())),
+                documents::embedding.eq(VectorBind(&d.vector)),
                 documents::content.eq(d.content.as_deref()),
-                documents::metadata.eq(d.metadata.clone().unwrap_or(Value::Null)),
+                documents::metadata.eq(d.metadata.as_ref().unwrap_or(&Value::Null)),
                 documents::updated_at.eq(now),
             )
         })
@@ -221,12 +221,10 @@ struct HitRow {
     embedding: Option<PgVector>,
 }
 
-/// The (filtered) search statement and its binds after the query vector (`$1`).
 /// The filtered search statement and its binds after the query vector (`$1`).
 ///
-/// The query vector is bound as `real[]` and cast to `vector` in SQL: a
-/// built-in parameter type, which the driver sends as it is, where a bind
-/// of pgvector's own type would be encoded twice to resolve its OID.
+/// The query vector's parameter is declared in SQL (`$1::vector`): its bind
+/// names no type (see [`Vector`]).
 pub(super) fn search_sql(collection: &Collection, search: &Search) -> (String, Vec<SqlBind>) {
     let op = operator(collection.metric);
     let expr = distance_expression(collection, search);
@@ -270,7 +268,7 @@ struct UnfilteredSearch<'a> {
     /// The statement before and after its one bind.
     head: String,
     tail: String,
-    vector: PgFloat4Array<'a>,
+    vector: VectorBind<'a>,
 }
 
 impl UnfilteredSearch<'_> {
@@ -286,7 +284,7 @@ impl UnfilteredSearch<'_> {
                 collection.id,
                 limit_bucket(search.k),
             ),
-            vector: PgFloat4Array(&search.vector),
+            vector: VectorBind(&search.vector),
         }
     }
 }
@@ -297,7 +295,7 @@ impl diesel::query_builder::QueryFragment<Pg> for UnfilteredSearch<'_> {
         mut out: diesel::query_builder::AstPass<'_, 'b, Pg>,
     ) -> QueryResult<()> {
         out.push_sql(&self.head);
-        out.push_bind_param::<Array<diesel::sql_types::Float4>, _>(&self.vector)?;
+        out.push_bind_param::<Vector, _>(&self.vector)?;
         out.push_sql(&self.tail);
         Ok(())
     }
@@ -355,7 +353,7 @@ pub(super) async fn search(
     let query = || {
         let mut q = diesel::sql_query(sql.as_str())
             .into_boxed::<Pg>()
-            .bind::<Array<diesel::sql_types::Float4>, _>(PgFloat4Array(&search.vector));
+            .bind::<Vector, _>(VectorBind(&search.vector));
         for bind in &binds {
             q = match bind {
                 SqlBind::Path(p) => q.bind::<Array<Text>, _>(p.clone()),

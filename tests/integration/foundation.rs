@@ -168,6 +168,12 @@ async fn bad_configuration_exits_before_binding_and_names_the_variable() {
             "soon",
             "DB_CONNECT_TIMEOUT: must be a whole number",
         ),
+        // Read before the runtime is built, with the same one-line error.
+        (
+            "TP_WORKER_THREADS",
+            "0",
+            "TP_WORKER_THREADS: must be between 1 and 1024",
+        ),
     ];
     let dir = temp_dir("config");
     for (var, value, expected) in cases {

@@ -183,10 +183,18 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match tp_core::config::worker_threads(&env::ProcessEnv) {
+        Ok(Some(threads)) => {
+            builder.worker_threads(threads);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

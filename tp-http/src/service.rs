@@ -359,9 +359,7 @@ fn finish(
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     telemetry::metrics().record_request(method, route, status, elapsed);
-    let span = tracing::Span::current();
-    span.record("route", route);
-    span.record("status", status);
+    telemetry::record_outcome(&tracing::Span::current(), route, status);
     tracing::debug!(elapsed_us = elapsed.as_micros() as u64, "request done");
     response
 }

@@ -134,6 +134,22 @@ pub(crate) fn request_span(
     span
 }
 
+/// Records the request span's route and status in one call: the JSON log
+/// layer re-reads and re-writes a span's fields on every record.
+pub(crate) fn record_outcome(span: &tracing::Span, route: &'static str, status: u16) {
+    let Some(metadata) = span.metadata() else {
+        return;
+    };
+    let fields = metadata.fields();
+    if let (Some(route_field), Some(status_field)) = (fields.field("route"), fields.field("status"))
+    {
+        span.record_all(&fields.value_set(&[
+            (&route_field, Some(&route as &dyn tracing::Value)),
+            (&status_field, Some(&status as &dyn tracing::Value)),
+        ]));
+    }
+}
+
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
 fn parse_traceparent(value: &str) -> Option<SpanContext> {
     let mut parts = value.trim().split('-');

@@ -271,7 +271,15 @@ impl Proc {
                     .filter(|&pid| parent(pid) == Some(root))
                     .map(process_cpu)
                     .sum();
-                process_cpu(root) + children
+                // Backends that exited (a pool closing idle connections)
+                // moved their time into the postmaster's cutime and cstime.
+                let ticks: u64 = stat_fields(root)
+                    .iter()
+                    .skip(11)
+                    .take(4)
+                    .filter_map(|v| v.parse::<u64>().ok())
+                    .sum();
+                Duration::from_millis(ticks * 10) + children
             }
         }
     }

@@ -129,7 +129,7 @@ fn generate(opts: &Opts) -> DataSet {
 
 /// What the PostgreSQL part keeps alive until it is done.
 struct Postgres {
-    _replica: Replica,
+    _replicas: [Replica; 2],
 }
 
 async fn postgres(
@@ -213,12 +213,23 @@ async fn postgres(
     });
 
     recall(&client, &replica, data, summary).await;
+    set(&mut env, "TP_WORKER_THREADS", "1");
+    let one_thread = tokio::task::block_in_place(|| Replica::start(&env));
     let postmaster = cluster.postmaster_pid();
     latency(
-        opts, &replica, postmaster, &token, &url, &sql, data, summary,
+        opts,
+        [&replica, &one_thread],
+        postmaster,
+        &token,
+        &url,
+        &sql,
+        data,
+        summary,
     )
     .await;
-    Postgres { _replica: replica }
+    Postgres {
+        _replicas: [replica, one_thread],
+    }
 }
 
 /// Upserts every document through the API, two requests in flight.
@@ -450,17 +461,6 @@ impl<'a> FromSql<'a> for Received {
 struct SqlClient {
     client: tokio_postgres::Client,
     statement: tokio_postgres::Statement,
-    sql: String,
-}
-
-/// How the raw SQL baseline sends the statement.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Prepare {
-    /// Prepared once per connection: the best a client can do.
-    Once,
-    /// Parsed and planned on every query (an extra round trip), as diesel
-    /// does for `sql_query`, whose statements it never caches.
-    EachQuery,
 }
 
 async fn sql_clients(url: &str, sql: &str, n: usize) -> Vec<Arc<SqlClient>> {
@@ -481,11 +481,7 @@ async fn sql_clients(url: &str, sql: &str, n: usize) -> Vec<Arc<SqlClient>> {
             .await
             .expect("session settings");
         let statement = client.prepare(sql).await.expect("prepare search");
-        clients.push(Arc::new(SqlClient {
-            client,
-            statement,
-            sql: sql.to_owned(),
-        }));
+        clients.push(Arc::new(SqlClient { client, statement }));
     }
     clients
 }
@@ -494,7 +490,6 @@ async fn sql_clients(url: &str, sql: &str, n: usize) -> Vec<Arc<SqlClient>> {
 async fn sql_load(
     clients: &[Arc<SqlClient>],
     queries: &Arc<Vec<Vec<f32>>>,
-    prepare: Prepare,
     bounds: Bounds,
     processes: &[(&'static str, Proc)],
 ) -> Outcome {
@@ -518,11 +513,7 @@ async fn sql_load(
                     let q = &queries[i % queries.len()];
                     i += 1;
                     let sent = Instant::now();
-                    let rows = match prepare {
-                        Prepare::Once => c.client.query(&c.statement, &[&PgVector(q)]).await,
-                        Prepare::EachQuery => c.client.query(c.sql.as_str(), &[&PgVector(q)]).await,
-                    };
-                    match rows {
+                    match c.client.query(&c.statement, &[&PgVector(q)]).await {
                         Ok(rows) => {
                             for row in &rows {
                                 let _: &str = row.get(0);
@@ -559,10 +550,15 @@ async fn sql_load(
 }
 
 /// API search vs the same statement as raw SQL, interleaved round by round.
+/// API search vs the same statement as raw SQL, interleaved round by round.
+///
+/// Two replicas serve the same database: one with the default worker
+/// threads (one per CPU) and one with `TP_WORKER_THREADS=1`, the setting
+/// for a replica that shares its cores with PostgreSQL, as here.
 #[allow(clippy::too_many_arguments)]
 async fn latency(
     opts: &Opts,
-    replica: &Replica,
+    replicas: [&Replica; 2],
     postmaster: u32,
     token: &str,
     url: &str,
@@ -571,21 +567,24 @@ async fn latency(
     summary: &mut Summary,
 ) {
     let queries = Arc::new(data.queries.clone());
-    let target = Arc::new(Target {
-        name: "API POST …/search".into(),
-        addr: replica.addr,
-        method: Method::POST,
-        path: "/api/collections/bench/search".into(),
-        authorization: Some(format!("Bearer {token}")),
-        // The default include (content and metadata), as the SQL selects.
-        bodies: data.queries.iter().map(|q| search_body(q, "")).collect(),
-        expect: StatusCode::OK,
-        processes: vec![
-            ("replica", Proc::One(replica.pid())),
-            ("postgres", Proc::Tree(postmaster)),
-            ("client", Proc::Client),
-        ],
-    });
+    let target = |replica: &Replica| {
+        Arc::new(Target {
+            name: "API POST …/search".into(),
+            addr: replica.addr,
+            method: Method::POST,
+            path: "/api/collections/bench/search".into(),
+            authorization: Some(format!("Bearer {token}")),
+            // The default include (content and metadata), as the SQL selects.
+            bodies: data.queries.iter().map(|q| search_body(q, "")).collect(),
+            expect: StatusCode::OK,
+            processes: vec![
+                ("replica", Proc::One(replica.pid())),
+                ("postgres", Proc::Tree(postmaster)),
+                ("client", Proc::Client),
+            ],
+        })
+    };
+    let (default_threads, one_thread) = (target(replicas[0]), target(replicas[1]));
     let clients = sql_clients(url, sql, SEARCH_CONCURRENCY).await;
     let sql_meters = [
         ("postgres", Proc::Tree(postmaster)),
@@ -609,45 +608,49 @@ async fn latency(
             ..bounds
         };
         let mut api = Outcome::default();
+        let mut api_one = Outcome::default();
         let mut sql_out = Outcome::default();
-        let mut sql_each = Outcome::default();
         for _ in 0..opts.rounds {
-            load::run(&target, warm).await;
-            api.merge(load::run(&target, bounds).await);
-            sql_load(&clients, &queries, Prepare::Once, warm, &[]).await;
-            sql_out.merge(sql_load(&clients, &queries, Prepare::Once, bounds, &sql_meters).await);
-            sql_load(&clients, &queries, Prepare::EachQuery, warm, &[]).await;
-            sql_each
-                .merge(sql_load(&clients, &queries, Prepare::EachQuery, bounds, &sql_meters).await);
+            load::run(&default_threads, warm).await;
+            api.merge(load::run(&default_threads, bounds).await);
+            load::run(&one_thread, warm).await;
+            api_one.merge(load::run(&one_thread, bounds).await);
+            sql_load(&clients, &queries, warm, &[]).await;
+            sql_out.merge(sql_load(&clients, &queries, bounds, &sql_meters).await);
         }
-        let (api, sql_out, sql_each) = (api.sorted(), sql_out.sorted(), sql_each.sorted());
+        let (api, api_one, sql_out) = (api.sorted(), api_one.sorted(), sql_out.sorted());
         println!(" {concurrency} client(s):");
-        println!("{}", api.line("API (HTTP, JSON, pool, auth)"));
+        println!("{}", api.line("API, default worker threads"));
+        println!("{}", api_one.line("API, TP_WORKER_THREADS=1"));
         println!("{}", sql_out.line("raw SQL, prepared once"));
-        println!("{}", sql_each.line("raw SQL, prepared per query"));
-        let ratio = api.p50().as_secs_f64() / sql_out.p50().as_secs_f64().max(1e-9);
-        summary.add(
-            "vector",
-            format!("search p50, {concurrency} client(s): API / raw SQL"),
-            format!(
-                "{} (p99 {}, {:.0} QPS)",
-                ms(api.p50()),
-                ms(api.p99()),
-                api.rate()
-            ),
-            format!(
-                "{} (p99 {}, {:.0} QPS)",
-                ms(sql_out.p50()),
-                ms(sql_out.p99()),
-                sql_out.rate()
-            ),
-            ratio,
-            if concurrency == SEARCH_CONCURRENCY {
-                Goal::AtMost(1.2)
-            } else {
-                Goal::Info
-            },
+        let baseline = format!(
+            "{} (p99 {}, {:.0} QPS)",
+            ms(sql_out.p50()),
+            ms(sql_out.p99()),
+            sql_out.rate()
         );
+        for (variant, outcome, goal) in [
+            (
+                "default worker threads",
+                &api,
+                concurrency == SEARCH_CONCURRENCY,
+            ),
+            ("TP_WORKER_THREADS=1", &api_one, false),
+        ] {
+            summary.add(
+                "vector",
+                format!("search p50, {concurrency} client(s), {variant}: API / raw SQL"),
+                format!(
+                    "{} (p99 {}, {:.0} QPS)",
+                    ms(outcome.p50()),
+                    ms(outcome.p99()),
+                    outcome.rate()
+                ),
+                baseline.clone(),
+                outcome.p50().as_secs_f64() / sql_out.p50().as_secs_f64().max(1e-9),
+                if goal { Goal::AtMost(1.2) } else { Goal::Info },
+            );
+        }
     }
 }
 

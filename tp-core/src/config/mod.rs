@@ -207,6 +207,8 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// Peers whose `X-Forwarded-For`/`X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Async worker threads; `None`: one per CPU the process may use.
+    pub worker_threads: Option<usize>,
 }
 
 /// What the rate limiter does when Redis cannot answer in time.
@@ -237,6 +239,15 @@ pub struct RateLimitConfig {
     pub fallback: RedisFallback,
     /// Most requests of one key admitted from one Redis round trip.
     pub lease_max: u32,
+}
+
+/// `TP_WORKER_THREADS`, read on its own: the runtime that serves is built
+/// before the rest of the configuration is read. `None`: one thread per CPU
+/// the process may use (its affinity and cgroup quota).
+pub fn worker_threads(env: &dyn EnvSource) -> Result<Option<usize>, ConfigError> {
+    parse::optional(env, vars::WORKER_THREADS)
+        .map(|_| parse::number(env, vars::WORKER_THREADS, 1, 1, 1024))
+        .transpose()
 }
 
 impl Config {
@@ -371,6 +382,7 @@ impl Config {
             )?,
             shutdown_timeout: millis(env, vars::SHUTDOWN_TIMEOUT, 20_000, 0, 3_600_000)?,
             trusted_proxies: parse_trusted_proxies(optional(env, vars::TRUSTED_PROXIES))?,
+            worker_threads: worker_threads(env)?,
         };
 
         let rate_limit = RateLimitConfig {

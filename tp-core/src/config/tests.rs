@@ -33,6 +33,9 @@ fn spec_defaults() {
     assert_eq!(c.http.bind, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     assert_eq!(c.vector_db(), "pgvector");
     assert_eq!(c.auth.audience, "tenant-plane:acme-corp");
+    assert_eq!(c.http.worker_threads, None);
+    let c = Config::from_env(&prod_env(&[(vars::WORKER_THREADS, "1")])).unwrap();
+    assert_eq!(c.http.worker_threads, Some(1));
 }
 
 #[test]
@@ -90,6 +93,10 @@ fn bad_values_name_the_variable() {
         (
             &[(vars::DB_CONNECT_TIMEOUT, "soon")],
             "DB_CONNECT_TIMEOUT: must be a whole number",
+        ),
+        (
+            &[(vars::WORKER_THREADS, "0")],
+            "TP_WORKER_THREADS: must be between 1 and 1024",
         ),
     ];
     for (extra, expected) in cases {

@@ -49,6 +49,8 @@ pub const MAX_BODY_BYTES: &str = "TP_MAX_BODY_BYTES";
 pub const HEADER_READ_TIMEOUT: &str = "TP_HEADER_READ_TIMEOUT_MS";
 /// Deadline for a whole request, in milliseconds.
 pub const REQUEST_TIMEOUT: &str = "TP_REQUEST_TIMEOUT_MS";
+/// Async worker threads of a serving replica (default: one per CPU it may use).
+pub const WORKER_THREADS: &str = "TP_WORKER_THREADS";
 /// After SIGTERM: how long readiness fails while the replica keeps serving.
 pub const DRAIN_DELAY: &str = "TP_DRAIN_DELAY_MS";
 /// After the drain delay: how long in-flight requests may take to finish.

@@ -155,31 +155,25 @@ impl Api {
                 (response, "<unmatched>")
             }
             Ok(matched) => {
-                let principal = match admit(inner, matched.route, &parts.headers).await {
-                    Ok(principal) => principal,
-                    Err(e) => {
-                        let response = ApiError::from(e).into_response(&request_id);
-                        return finish(
-                            inner,
-                            response,
-                            &request_id,
-                            &method,
-                            matched.route.pattern,
-                            started,
-                        );
-                    }
+                // Admission (license, authentication), then the rate limit:
+                // either may answer for the handler.
+                let gates = async {
+                    let principal = admit(inner, matched.route, &parts.headers)
+                        .await
+                        .map_err(|e| ApiError::from(e).into_response(&request_id))?;
+                    let limit = limit(
+                        inner,
+                        matched.route.pattern,
+                        principal.as_ref(),
+                        peer,
+                        &parts.headers,
+                        &request_id,
+                    )
+                    .await?;
+                    Ok::<_, Response>((principal, limit))
                 };
-                let limit = match limit(
-                    inner,
-                    matched.route.pattern,
-                    principal.as_ref(),
-                    peer,
-                    &parts.headers,
-                    &request_id,
-                )
-                .await
-                {
-                    Ok(decision) => decision,
+                let (principal, limit) = match gates.await {
+                    Ok(passed) => passed,
                     Err(response) => {
                         return finish(
                             inner,

@@ -273,13 +273,7 @@ impl Proc {
                     .sum();
                 // Backends that exited (a pool closing idle connections)
                 // moved their time into the postmaster's cutime and cstime.
-                let ticks: u64 = stat_fields(root)
-                    .iter()
-                    .skip(11)
-                    .take(4)
-                    .filter_map(|v| v.parse::<u64>().ok())
-                    .sum();
-                Duration::from_millis(ticks * 10) + children
+                cpu_fields(root, 4) + children
             }
         }
     }
@@ -300,12 +294,17 @@ fn parent(pid: u32) -> Option<u32> {
 
 /// User and system CPU time of process `pid` (`/proc/<pid>/stat`, all threads).
 pub fn process_cpu(pid: u32) -> Duration {
-    // After the command name, state is the first field, utime the 12th and
-    // stime the 13th; USER_HZ is 100 on Linux.
+    cpu_fields(pid, 2)
+}
+
+/// The sum of `count` CPU time fields of `pid` from utime on: utime and
+/// stime, then the reaped children's cutime and cstime. After the command
+/// name, state is the first field and utime the 12th; USER_HZ is 100.
+fn cpu_fields(pid: u32, count: usize) -> Duration {
     let ticks: u64 = stat_fields(pid)
         .iter()
         .skip(11)
-        .take(2)
+        .take(count)
         .filter_map(|v| v.parse::<u64>().ok())
         .sum();
     Duration::from_millis(ticks * 10)

@@ -219,7 +219,7 @@ pub struct Bounds {
 pub async fn run(target: &Arc<Target>, bounds: Bounds) -> Outcome {
     let claimed = Arc::new(AtomicU64::new(0));
     let cpu = busy_cpu();
-    let processes: Vec<Duration> = target.processes.iter().map(|(_, p)| p.cpu()).collect();
+    let processes = CpuMeter::start(&target.processes);
     let started = Instant::now();
     let deadline = started + bounds.time;
     let workers: Vec<_> = (0..bounds.concurrency)
@@ -237,13 +237,32 @@ pub async fn run(target: &Arc<Target>, bounds: Bounds) -> Outcome {
     }
     total.elapsed = started.elapsed();
     total.cpu = busy_cpu().saturating_sub(cpu);
-    total.process_cpu = target
-        .processes
-        .iter()
-        .zip(processes)
-        .map(|((label, p), before)| (*label, p.cpu().saturating_sub(before)))
-        .collect();
+    total.process_cpu = processes.stop();
     total
+}
+
+/// CPU time of labelled processes since [`CpuMeter::start`].
+pub struct CpuMeter<'a> {
+    processes: &'a [(&'static str, Proc)],
+    before: Vec<Duration>,
+}
+
+impl<'a> CpuMeter<'a> {
+    pub fn start(processes: &'a [(&'static str, Proc)]) -> Self {
+        CpuMeter {
+            processes,
+            before: processes.iter().map(|(_, p)| p.cpu()).collect(),
+        }
+    }
+
+    /// Each process's CPU time since the start, by label.
+    pub fn stop(self) -> Vec<(&'static str, Duration)> {
+        self.processes
+            .iter()
+            .zip(self.before)
+            .map(|((label, p), before)| (*label, p.cpu().saturating_sub(before)))
+            .collect()
+    }
 }
 
 /// A process whose CPU time a load accounts.

@@ -495,7 +495,7 @@ async fn sql_load(
 ) -> Outcome {
     let claimed = Arc::new(AtomicU64::new(0));
     let cpu = load::busy_cpu();
-    let before: Vec<Duration> = processes.iter().map(|(_, p)| p.cpu()).collect();
+    let meter = load::CpuMeter::start(processes);
     let started = Instant::now();
     let deadline = started + bounds.time;
     let workers: Vec<_> = clients
@@ -541,11 +541,7 @@ async fn sql_load(
     }
     total.elapsed = started.elapsed();
     total.cpu = load::busy_cpu().saturating_sub(cpu);
-    total.process_cpu = processes
-        .iter()
-        .zip(before)
-        .map(|((label, p), before)| (*label, p.cpu().saturating_sub(before)))
-        .collect();
+    total.process_cpu = meter.stop();
     total
 }
 
@@ -553,8 +549,8 @@ async fn sql_load(
 /// API search vs the same statement as raw SQL, interleaved round by round.
 ///
 /// Two replicas serve the same database: one with the default worker
-/// threads (one per CPU) and one with `TP_WORKER_THREADS=1`, the setting
-/// for a replica that shares its cores with PostgreSQL, as here.
+/// threads (one per CPU) and one with `TP_WORKER_THREADS=1`, to show what
+/// fewer threads change when the replica shares its cores with PostgreSQL.
 #[allow(clippy::too_many_arguments)]
 async fn latency(
     opts: &Opts,

@@ -3,14 +3,16 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tp_core::config::HttpConfig;
 
 use crate::{Api, PeerAddr};
@@ -25,6 +27,43 @@ pub enum Shutdown {
         /// Connections still open at the deadline.
         open_connections: usize,
     },
+}
+
+/// How long connections accepted last get to read their request before
+/// the shutdown signal reaches them.
+const LAST_READ_GRACE: Duration = Duration::from_millis(100);
+
+/// Serves one accepted connection until it ends or shutdown finishes it.
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    api: &Api,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    header_timeout: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let api = api.clone();
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        // hyper's header timeout starts after protocol detection;
+        // bound the wait for the first byte here.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(request).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(connection).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    });
 }
 
 /// Serves `api` on `listener` until `signal` resolves, then drains.
@@ -70,28 +109,7 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let api = api.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    // hyper's header timeout starts after protocol detection;
-                    // bound the wait for the first byte here.
-                    let mut first = [0u8; 1];
-                    match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return,
-                    }
-                    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(PeerAddr(peer));
-                        let api = api.clone();
-                        async move { Ok::<_, Infallible>(api.handle(request).await) }
-                    });
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(connection).await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
+                spawn_connection(stream, peer, &api, &builder, &graceful, header_timeout);
             }
             () = &mut signal, if !draining => {
                 draining = true;
@@ -105,7 +123,18 @@ pub async fn serve(
             () = &mut drain, if draining => break,
         }
     }
+    // Connections the kernel completed but the loop has not taken yet would
+    // be reset when the listener closes, after the client may have sent a
+    // request on them (a POST that a proxy does not retry): serve them too.
+    while let Poll::Ready(Ok((stream, peer))) =
+        std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
+    {
+        spawn_connection(stream, peer, &api, &builder, &graceful, header_timeout);
+    }
     drop(listener);
+    // A connection that has not read its request yet counts as idle, and
+    // the shutdown signal would close it unread: let the last ones read.
+    tokio::time::sleep(LAST_READ_GRACE).await;
     let open = graceful.count();
     tracing::info!(
         open_connections = open,

@@ -35,6 +35,86 @@ async fn replicas_starting_together_migrate_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_keeps_its_connections_under_load() {
+    let url = fresh_database();
+    let mut env = prod_env(&url);
+    set(&mut env, "DB_POOL_MAX", "4");
+    set(&mut env, "TP_RATE_LIMIT_DISABLED", "true");
+    let replica = Replica::start(&env);
+    let token = replica.admin_token(&env).await;
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let shared = tp_tests::postgres::shared();
+    let backends = || {
+        let pids = shared.psql(
+            &db,
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY pid",
+        );
+        pids.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let load = async |requests: usize| {
+        let client = Client::new().with_token(&token);
+        let url = replica.url("/api/collections");
+        let workers = (0..4).map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                for _ in 0..requests / 4 {
+                    assert_eq!(client.get(&url, None).await.status, 200);
+                }
+            })
+        });
+        for worker in workers.collect::<Vec<_>>() {
+            worker.await.unwrap();
+        }
+    };
+    load(200).await;
+    let before = backends();
+    load(800).await;
+    let after = backends();
+    assert!(!before.is_empty() && before.len() <= 4, "{before:?}");
+    assert_eq!(
+        before,
+        after,
+        "connections were replaced under load\n{}",
+        replica.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_ended_while_idle_are_not_handed_out() {
+    let url = fresh_database();
+    let mut env = prod_env(&url);
+    set(&mut env, "DB_POOL_MIN", "3");
+    let replica = Replica::start(&env);
+    let client = Client::new().with_token(&replica.admin_token(&env).await);
+    // Each call runs a statement (the health probe is cached).
+    let list = async || client.get(&replica.url("/api/collections"), None).await;
+    for _ in 0..5 {
+        assert_eq!(list().await.status, 200, "{}", replica.logs());
+    }
+    let db = url.rsplit('/').next().unwrap();
+    let shared = tp_tests::postgres::shared();
+    let ended = shared.psql(
+        db,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    assert_ne!(ended, "0", "the replica held no connection");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every idle connection is dead now; none may fail a request.
+    for attempt in 0..5 {
+        let reply = list().await;
+        assert_eq!(
+            reply.status,
+            200,
+            "request {attempt} after the backends ended: {}\n{}",
+            String::from_utf8_lossy(&reply.body),
+            replica.logs()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_before_its_database_recovers_by_itself() {
     let cluster = PgCluster::init("late");
     cluster.start_server();

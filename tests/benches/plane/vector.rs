@@ -165,7 +165,10 @@ async fn postgres(
 
     upload(&client, &replica, data).await;
     let collection_id = tokio::task::block_in_place(|| {
-        cluster.psql("bench_vector", "ANALYZE documents");
+        // Vacuumed and checkpointed now, so that no autovacuum of the
+        // fresh 100k rows or checkpoint lands inside a measured round.
+        cluster.psql("bench_vector", "VACUUM (ANALYZE) documents");
+        cluster.psql("bench_vector", "CHECKPOINT");
         cluster.psql(
             "bench_vector",
             "SELECT id FROM collections WHERE name = 'bench'",

@@ -263,7 +263,26 @@ impl Database {
     }
 
     /// Checks a connection out of `pool`, failing fast when the database is known to be down.
+    ///
+    /// An idle connection the server has closed meanwhile (a restart, a
+    /// failover, a terminated backend) is dropped here rather than handed
+    /// out to fail its statement: each idle one is tried at most once, then
+    /// a new one is opened.
     pub(crate) async fn checkout<'a, K: pool::Connector>(
+        &self,
+        pool: &'a bb8::Pool<Manager<K>>,
+    ) -> Result<bb8::PooledConnection<'a, Manager<K>>> {
+        for _ in 0..=pool.state().idle_connections {
+            let mut conn = self.checkout_once(pool).await?;
+            if conn.is_open() {
+                return Ok(conn);
+            }
+            conn.poison();
+        }
+        Err(unavailable_with("the server closed every connection tried"))
+    }
+
+    async fn checkout_once<'a, K: pool::Connector>(
         &self,
         pool: &'a bb8::Pool<Manager<K>>,
     ) -> Result<bb8::PooledConnection<'a, Manager<K>>> {

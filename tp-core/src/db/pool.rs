@@ -28,6 +28,14 @@ impl<C> Tracked<C> {
     }
 }
 
+impl<C: PoolableConnection> Tracked<C> {
+    /// False once the connection is poisoned or its socket has closed (the
+    /// connection's driver task ends when the server hangs up).
+    pub(crate) fn is_open(&mut self) -> bool {
+        !self.poisoned && !self.conn.is_broken()
+    }
+}
+
 /// Opens one connection of a backend.
 pub(crate) trait Connector: Send + Sync + 'static {
     type Conn: PoolableConnection + Send + 'static;
@@ -161,6 +169,6 @@ impl<K: Connector> bb8::ManageConnection for Manager<K> {
     }
 
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        conn.poisoned || conn.conn.is_broken()
+        !conn.is_open()
     }
 }

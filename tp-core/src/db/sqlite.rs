@@ -21,19 +21,29 @@ impl SqliteConnector {
     pub(crate) fn new(path: &Path, busy_timeout: Duration) -> Self {
         Self {
             path: path.to_owned(),
+            // Per-connection settings only. The journal mode belongs to the
+            // file and is set once, by the migrating connection: switching
+            // it needs an exclusive lock that SQLite does not wait for, so a
+            // pool connection opened while migrations write would fail with
+            // "database is locked" despite the busy timeout.
             pragmas: format!(
-                "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
-                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                "PRAGMA busy_timeout = {}; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
                 busy_timeout.as_millis()
             ),
         }
     }
 
-    /// A blocking connection, for migrations.
+    /// A blocking connection, for migrations; it puts the file in WAL mode.
     pub(crate) fn open_sync(&self) -> Result<diesel::SqliteConnection> {
         let mut conn = diesel::SqliteConnection::establish(&self.path.to_string_lossy())
             .map_err(|e| Error::internal(format!("sqlite open {}: {e}", self.path.display())))?;
         diesel::connection::SimpleConnection::batch_execute(&mut conn, &self.pragmas)
+            .and_then(|()| {
+                diesel::connection::SimpleConnection::batch_execute(
+                    &mut conn,
+                    "PRAGMA journal_mode = WAL;",
+                )
+            })
             .map_err(|e| Error::internal(format!("sqlite pragmas: {e}")))?;
         Ok(conn)
     }
@@ -91,4 +101,49 @@ pub(crate) fn ensure_parent(path: &Path) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::connection::SimpleConnection;
+    use diesel_async::RunQueryDsl;
+
+    use super::*;
+
+    #[derive(diesel::QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        journal_mode: String,
+    }
+
+    #[tokio::test]
+    async fn a_pool_connection_opens_while_another_connection_writes() {
+        let dir = std::env::temp_dir().join(format!("tp-sqlite-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("plane.db");
+        ensure_parent(&path).unwrap();
+        let connector = SqliteConnector::new(&path, Duration::from_secs(2));
+        // A fresh file, not yet in WAL mode, with another connection in a
+        // write: how a replica's pool fills while migrations run.
+        let mut writer = diesel::SqliteConnection::establish(&path.to_string_lossy()).unwrap();
+        writer
+            .batch_execute("CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut conn = connector.connect().await.expect("connect during a write");
+        writer.batch_execute("COMMIT").unwrap();
+
+        // The migrating connection puts the file in WAL mode for everyone:
+        // a connection opened before switches at its next transaction.
+        let migrator = connector.open_sync().unwrap();
+        diesel::sql_query("SELECT x FROM t")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mode: Mode = diesel::sql_query("PRAGMA journal_mode")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(mode.journal_mode, "wal");
+        drop((conn, migrator, writer));
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

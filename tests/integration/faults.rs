@@ -9,7 +9,7 @@ use http::Method;
 use serde_json::json;
 use tp_tests::load::{Load, Mix, Stats};
 use tp_tests::nginx::Nginx;
-use tp_tests::postgres::{PgCluster, fresh_database};
+use tp_tests::postgres::{PgCluster, database_of, fresh_database};
 use tp_tests::proxy::BlackholeProxy;
 use tp_tests::replica::{Replica, prod_env, set};
 use tp_tests::{Client, RedisServer, free_port};
@@ -96,10 +96,6 @@ fn assert_no_acknowledged_write_lost(stats: &Stats, ids_in_database: &str) {
         "verified: all {} acknowledged writes are stored",
         stats.acknowledged.len()
     );
-}
-
-fn database_of(url: &str) -> &str {
-    url.rsplit('/').next().unwrap().split('?').next().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

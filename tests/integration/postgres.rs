@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use tp_tests::postgres::{PgCluster, fresh_database};
+use tp_tests::postgres::{PgCluster, database_of, fresh_database};
 use tp_tests::replica::{Replica, prod_env, set};
 use tp_tests::{Client, temp_dir};
 
@@ -22,7 +22,7 @@ async fn replicas_starting_together_migrate_once() {
         assert_eq!(health["vector_db"], "pgvector");
         assert_eq!(health["db"]["reachable"], true);
     }
-    let db = url.rsplit('/').next().unwrap();
+    let db = database_of(&url);
     let shared = tp_tests::postgres::shared();
     assert_eq!(
         shared.psql(db, "SELECT count(*) FROM __diesel_schema_migrations"),
@@ -42,11 +42,11 @@ async fn the_pool_keeps_its_connections_under_load() {
     set(&mut env, "TP_RATE_LIMIT_DISABLED", "true");
     let replica = Replica::start(&env);
     let token = replica.admin_token(&env).await;
-    let db = url.rsplit('/').next().unwrap().to_owned();
+    let db = database_of(&url);
     let shared = tp_tests::postgres::shared();
     let backends = || {
         let pids = shared.psql(
-            &db,
+            db,
             "SELECT pid FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid() ORDER BY pid",
         );
@@ -92,7 +92,7 @@ async fn connections_the_server_ended_while_idle_are_not_handed_out() {
     for _ in 0..5 {
         assert_eq!(list().await.status, 200, "{}", replica.logs());
     }
-    let db = url.rsplit('/').next().unwrap();
+    let db = database_of(&url);
     let shared = tp_tests::postgres::shared();
     let ended = shared.psql(
         db,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::json;
-use tp_tests::postgres::{fresh_database, shared};
+use tp_tests::postgres::{database_of, fresh_database, shared};
 use tp_tests::replica::{ENCRYPTION_KEY, Replica, prod_env, run, set};
 use tp_tests::{Client, temp_dir};
 
@@ -242,10 +242,6 @@ fn decode_hex(hex: &str) -> Vec<u8> {
     (0..hex.len() / 2)
         .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
         .collect()
-}
-
-fn database_of(url: &str) -> &str {
-    url.rsplit('/').next().unwrap().split('?').next().unwrap()
 }
 
 fn with_keys(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use serde_json::json;
-use tp_tests::postgres::{PgCluster, fresh_database};
+use tp_tests::postgres::{PgCluster, database_of, fresh_database};
 use tp_tests::replica::{Replica, prod_env, set};
 use tp_tests::{Client, temp_dir};
 
@@ -183,7 +183,7 @@ async fn a_saturated_pool_answers_503_with_retry_after() {
     create(&client, &replica, "docs", 3).await;
 
     // Another session holds a lock, so the replica's only connection blocks on it.
-    let db = url.rsplit('/').next().unwrap().to_owned();
+    let db = database_of(&url).to_owned();
     let locker = std::thread::spawn(move || {
         tp_tests::postgres::shared().psql(
             &db,

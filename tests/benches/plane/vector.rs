@@ -549,7 +549,6 @@ async fn sql_load(
 }
 
 /// API search vs the same statement as raw SQL, interleaved round by round.
-/// API search vs the same statement as raw SQL, interleaved round by round.
 ///
 /// Two replicas serve the same database: one with the default worker
 /// threads (one per CPU) and one with `TP_WORKER_THREADS=1`, to show what

@@ -274,10 +274,10 @@ impl Database {
     ) -> Result<bb8::PooledConnection<'a, Manager<K>>> {
         for _ in 0..=pool.state().idle_connections {
             let mut conn = self.checkout_once(pool).await?;
+            // A closed one goes back as broken, and the pool drops it.
             if conn.is_open() {
                 return Ok(conn);
             }
-            conn.poison();
         }
         Err(unavailable_with("the server closed every connection tried"))
     }

@@ -37,13 +37,8 @@ impl SqliteConnector {
     pub(crate) fn open_sync(&self) -> Result<diesel::SqliteConnection> {
         let mut conn = diesel::SqliteConnection::establish(&self.path.to_string_lossy())
             .map_err(|e| Error::internal(format!("sqlite open {}: {e}", self.path.display())))?;
-        diesel::connection::SimpleConnection::batch_execute(&mut conn, &self.pragmas)
-            .and_then(|()| {
-                diesel::connection::SimpleConnection::batch_execute(
-                    &mut conn,
-                    "PRAGMA journal_mode = WAL;",
-                )
-            })
+        let pragmas = format!("{} PRAGMA journal_mode = WAL;", self.pragmas);
+        diesel::connection::SimpleConnection::batch_execute(&mut conn, &pragmas)
             .map_err(|e| Error::internal(format!("sqlite pragmas: {e}")))?;
         Ok(conn)
     }

@@ -177,3 +177,160 @@ async fn a_database_of_another_tenant_is_refused() {
         failure.output
     );
 }
+
+/// One HTTP/1.1 connection of its own (the replica hands accepted
+/// connections to its serving threads in turn).
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    token: String,
+}
+
+impl Connection {
+    async fn open(replica: &Replica, token: &str) -> Connection {
+        let stream = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        Connection {
+            sender,
+            token: token.to_owned(),
+        }
+    }
+
+    /// Sends a GET and returns the status and the body.
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        use http_body_util::BodyExt;
+        let request = http::Request::get(path)
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let response = self.sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// The replica's own backends, by application name.
+fn replica_backends(db: &str) -> usize {
+    tp_tests::postgres::shared()
+        .psql(
+            db,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'tenant-plane'",
+        )
+        .parse()
+        .unwrap()
+}
+
+/// Holds an exclusive lock on `collections` for `seconds` from another
+/// session, so the replica's statements on it wait while holding their
+/// connections.
+fn lock_collections(url: &str, seconds: f64) -> std::thread::JoinHandle<String> {
+    let db = database_of(url).to_owned();
+    std::thread::spawn(move || {
+        tp_tests::postgres::shared().psql(
+            &db,
+            &format!(
+                "BEGIN; LOCK TABLE collections IN ACCESS EXCLUSIVE MODE; \
+                 SELECT pg_sleep({seconds}); COMMIT;"
+            ),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_threads_share_db_pool_max_between_them() {
+    let url = fresh_database();
+    let mut env = prod_env(&url);
+    set(&mut env, "TP_WORKER_THREADS", "3");
+    set(&mut env, "DB_POOL_MIN", "3");
+    set(&mut env, "DB_POOL_MAX", "4");
+    set(&mut env, "DB_CONNECT_TIMEOUT", "5000");
+    set(&mut env, "TP_RATE_LIMIT_DISABLED", "true");
+    let replica = Replica::start(&env);
+    let token = replica.admin_token(&env).await;
+    let db = database_of(&url);
+    // Three connections per serving thread, every request waiting on the lock.
+    let mut connections = Vec::new();
+    for _ in 0..9 {
+        connections.push(Connection::open(&replica, &token).await);
+    }
+    let locker = lock_collections(&url, 1.5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let requests: Vec<_> = connections
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.get("/api/collections").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let during = replica_backends(db);
+    locker.join().unwrap();
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{body}\n{}", replica.logs());
+    }
+    assert!(
+        (3..=4).contains(&during),
+        "{during} connections open with DB_POOL_MAX=4 and every slice busy"
+    );
+    assert!(replica_backends(db) <= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_thread_with_its_slice_busy_borrows_an_idle_connection() {
+    let url = fresh_database();
+    let mut env = prod_env(&url);
+    set(&mut env, "TP_WORKER_THREADS", "2");
+    set(&mut env, "DB_POOL_MIN", "2");
+    set(&mut env, "DB_POOL_MAX", "2");
+    set(&mut env, "DB_CONNECT_TIMEOUT", "1000");
+    set(&mut env, "TP_RATE_LIMIT_DISABLED", "true");
+    let replica = Replica::start(&env);
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
+    let created = client
+        .json(
+            http::Method::POST,
+            &replica.url("/api/collections"),
+            None,
+            &serde_json::json!({"name": "docs", "dimension": 2, "metric": "l2"}),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let put = client
+        .json(
+            http::Method::PUT,
+            &replica.url("/api/collections/docs/documents"),
+            None,
+            &serde_json::json!({"documents": [{"id": "a", "vector": [1.0, 2.0]}]}),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{:?}", put.json());
+    // Accepted one after another: `first` and `third` land on one serving
+    // thread (one connection in its slice), `second` on the other.
+    let mut first = Connection::open(&replica, &token).await;
+    let mut second = Connection::open(&replica, &token).await;
+    let mut third = Connection::open(&replica, &token).await;
+    let document = "/api/collections/docs/documents/a";
+    for c in [&mut first, &mut second, &mut third] {
+        assert_eq!(c.get(document).await.0, 200);
+    }
+    let locker = lock_collections(&url, 2.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Holds the only connection of its thread's slice until the lock ends.
+    let blocked = tokio::spawn(async move { first.get("/api/collections").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The collection is cached: this reads `documents` only, and must not
+    // wait for its own slice while the other one has an idle connection.
+    let started = Instant::now();
+    let (status, body) = third.get(document).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}\n{}", replica.logs());
+    assert!(waited < Duration::from_millis(700), "waited {waited:?}");
+    locker.join().unwrap();
+    assert_eq!(blocked.await.unwrap().0, 200);
+    assert!(replica_backends(database_of(&url)) <= 2);
+}

@@ -183,16 +183,16 @@ enum ConfigAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve = command {
-        // Requests run on the serving threads (`serve`); this runtime
-        // keeps the plane's background work and the accept loop.
-        if let Err(e) = tp_core::config::worker_threads(&env::ProcessEnv) {
+    match tp_core::config::worker_threads(&env::ProcessEnv) {
+        Ok(Some(threads)) => {
+            builder.worker_threads(threads);
+        }
+        Ok(None) => {}
+        Err(e) => {
             eprintln!("error: invalid configuration: {e}");
             return ExitCode::from(exit::CONFIG);
         }
-        builder.worker_threads(1);
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(command))
+    runtime.block_on(run(cli.command.unwrap_or(Command::Serve)))
 }
 
 async fn run(command: Command) -> ExitCode {

@@ -2,12 +2,8 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::thread::ThreadId;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
 use tokio::signal::unix::{SignalKind, signal};
 use tp_core::{Config, StartupSchema, TenantPlane};
 use tp_http::server::{self, Shutdown};
@@ -59,19 +55,9 @@ pub async fn run(config: Config, telemetry: crate::telemetry::Telemetry) -> Exit
     if telemetry.otlp() {
         tracing::info!("exporting metrics and traces over OTLP");
     }
-    let serving = match ServingThreads::start(serving_threads()) {
-        Ok(serving) => serving,
-        Err(e) => {
-            eprintln!("error: cannot start the serving threads: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    plane.database().attach_serving_threads(&serving.members);
     let api = tp_http::Api::new(plane);
     api.set_metrics_renderer(telemetry.renderer());
-    let runtimes: Vec<Handle> = serving.members.iter().map(|(_, h)| h.clone()).collect();
-    let outcome = server::serve_on(listener, api, &http, shutdown_signal(), &runtimes).await;
-    serving.stop();
+    let outcome = server::serve(listener, api, &http, shutdown_signal()).await;
     telemetry.shutdown().await;
     match outcome {
         Ok(Shutdown::Clean) => {
@@ -88,61 +74,6 @@ pub async fn run(config: Config, telemetry: crate::telemetry::Telemetry) -> Exit
         Err(e) => {
             eprintln!("error: server failed: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// `TP_WORKER_THREADS`, or one per CPU the process may use.
-fn serving_threads() -> usize {
-    tp_core::config::worker_threads(&crate::env::ProcessEnv)
-        .ok()
-        .flatten()
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1)
-}
-
-/// Threads that each run a current-thread runtime and serve the
-/// connections handed to them, with their own slice of the database pool:
-/// a request and its statements stay on one thread, and no thread wakes
-/// another on the way.
-struct ServingThreads {
-    /// Each thread's id and runtime.
-    members: Vec<(ThreadId, Handle)>,
-    stops: Vec<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
-}
-
-impl ServingThreads {
-    fn start(count: usize) -> std::io::Result<Self> {
-        let mut serving = ServingThreads {
-            members: Vec::with_capacity(count),
-            stops: Vec::with_capacity(count),
-        };
-        for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let handle = runtime.handle().clone();
-            let (stop, stopped) = oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
-                .name(format!("tp-serve-{index}"))
-                .spawn(move || {
-                    runtime.block_on(async {
-                        let _ = stopped.await;
-                    });
-                    // Connections are finished by now; what is left (pool
-                    // reapers, idle connections) is cancelled.
-                    runtime.shutdown_timeout(Duration::from_secs(1));
-                })?;
-            serving.members.push((thread.thread().id(), handle));
-            serving.stops.push((stop, thread));
-        }
-        Ok(serving)
-    }
-
-    fn stop(self) {
-        for (stop, thread) in self.stops {
-            let _ = stop.send(());
-            let _ = thread.join();
         }
     }
 }

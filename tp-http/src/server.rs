@@ -11,9 +11,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Handle;
 use tp_core::config::HttpConfig;
 
 use crate::{Api, PeerAddr};
@@ -34,80 +33,37 @@ pub enum Shutdown {
 /// the shutdown signal reaches them.
 const LAST_READ_GRACE: Duration = Duration::from_millis(100);
 
-/// What every accepted connection needs, and where it runs.
-struct Acceptor<'a> {
-    api: &'a Api,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: GracefulShutdown,
-    header_timeout: Duration,
-    /// Runtimes that serve connections in turn (none: the current one).
-    runtimes: &'a [Handle],
-    next: usize,
-}
-
-impl Acceptor<'_> {
-    /// Starts serving an accepted connection, on the next serving runtime.
-    fn accept(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let parts = ConnectionParts {
-            api: self.api.clone(),
-            builder: self.builder.clone(),
-            watcher: self.graceful.watcher(),
-            header_timeout: self.header_timeout,
-        };
-        if self.runtimes.is_empty() {
-            tokio::spawn(serve_connection(stream, peer, parts));
-            return;
-        }
-        let runtime = &self.runtimes[self.next % self.runtimes.len()];
-        self.next = self.next.wrapping_add(1);
-        // The socket leaves this runtime's reactor for the serving one's.
-        match stream.into_std() {
-            Ok(stream) => {
-                runtime.spawn(async move {
-                    match TcpStream::from_std(stream) {
-                        Ok(stream) => serve_connection(stream, peer, parts).await,
-                        Err(e) => tracing::debug!(error = %e, %peer, "cannot register a connection"),
-                    }
-                });
-            }
-            Err(e) => tracing::debug!(error = %e, %peer, "cannot hand a connection over"),
-        }
-    }
-}
-
-/// What one connection's task owns.
-struct ConnectionParts {
-    api: Api,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-    header_timeout: Duration,
-}
-
 /// Serves one accepted connection until it ends or shutdown finishes it.
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, parts: ConnectionParts) {
-    let ConnectionParts {
-        api,
-        builder,
-        watcher,
-        header_timeout,
-    } = parts;
-    // hyper's header timeout starts after protocol detection;
-    // bound the wait for the first byte here.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
-    }
-    let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(PeerAddr(peer));
-        let api = api.clone();
-        async move { Ok::<_, Infallible>(api.handle(request).await) }
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    api: &Api,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    header_timeout: Duration,
+) {
+    let _ = stream.set_nodelay(true);
+    let api = api.clone();
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        // hyper's header timeout starts after protocol detection;
+        // bound the wait for the first byte here.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(request).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        if let Err(e) = watcher.watch(connection).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
-    }
 }
 
 /// Serves `api` on `listener` until `signal` resolves, then drains.
@@ -122,19 +78,6 @@ pub async fn serve(
     http: &HttpConfig,
     signal: impl Future<Output = ()>,
 ) -> std::io::Result<Shutdown> {
-    serve_on(listener, api, http, signal, &[]).await
-}
-
-/// Like [`serve`], with accepted connections handed to `runtimes` in turn
-/// (each connection then runs wholly on one of them); with none given,
-/// connections run on the current runtime.
-pub async fn serve_on(
-    listener: TcpListener,
-    api: Api,
-    http: &HttpConfig,
-    signal: impl Future<Output = ()>,
-    runtimes: &[Handle],
-) -> std::io::Result<Shutdown> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -146,14 +89,9 @@ pub async fn serve_on(
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(256);
-    let mut acceptor = Acceptor {
-        api: &api,
-        builder: Arc::new(builder),
-        graceful: GracefulShutdown::new(),
-        header_timeout: http.header_read_timeout,
-        runtimes,
-        next: 0,
-    };
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let header_timeout = http.header_read_timeout;
 
     tokio::pin!(signal);
     let drain = tokio::time::sleep(Duration::MAX / 4);
@@ -171,7 +109,7 @@ pub async fn serve_on(
                         continue;
                     }
                 };
-                acceptor.accept(stream, peer);
+                spawn_connection(stream, peer, &api, &builder, &graceful, header_timeout);
             }
             () = &mut signal, if !draining => {
                 draining = true;
@@ -191,13 +129,12 @@ pub async fn serve_on(
     while let Poll::Ready(Ok((stream, peer))) =
         std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
     {
-        acceptor.accept(stream, peer);
+        spawn_connection(stream, peer, &api, &builder, &graceful, header_timeout);
     }
     drop(listener);
     // A connection that has not read its request yet counts as idle, and
     // the shutdown signal would close it unread: let the last ones read.
     tokio::time::sleep(LAST_READ_GRACE).await;
-    let graceful = acceptor.graceful;
     let open = graceful.count();
     tracing::info!(
         open_connections = open,

@@ -241,9 +241,9 @@ pub struct RateLimitConfig {
     pub lease_max: u32,
 }
 
-/// `TP_WORKER_THREADS`, read on its own: the serving threads of `serve`,
-/// checked before the rest of the configuration is read. `None`: one
-/// thread per CPU the process may use (its affinity and cgroup quota).
+/// `TP_WORKER_THREADS`, read on its own: the runtime that serves is built
+/// before the rest of the configuration is read. `None`: one thread per CPU
+/// the process may use (its affinity and cgroup quota).
 pub fn worker_threads(env: &dyn EnvSource) -> Result<Option<usize>, ConfigError> {
     parse::optional(env, vars::WORKER_THREADS)
         .map(|_| parse::number(env, vars::WORKER_THREADS, 1, 1, 1024))

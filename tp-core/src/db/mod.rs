@@ -11,8 +11,7 @@ pub(crate) mod schema;
 mod sqlite;
 pub mod vector_sql;
 
-use std::sync::{Arc, RwLock};
-use std::thread::ThreadId;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::SqliteConnection;
@@ -35,8 +34,8 @@ macro_rules! with_conn {
     ($db:expr, pg |$pc:ident| $pg:expr, sqlite |$sc:ident| $lite:expr) => {{
         let db: &$crate::db::Database = $db;
         match db.backend() {
-            $crate::db::Backend::Postgres(pools) => {
-                let mut guard = db.checkout_pg(pools).await?;
+            $crate::db::Backend::Postgres(pool) => {
+                let mut guard = db.checkout(pool).await?;
                 let outcome = {
                     let $pc = &mut guard.conn;
                     ::tokio::time::timeout(db.query_timeout(), async { $pg }).await
@@ -65,70 +64,9 @@ pub(crate) type SqlitePool = bb8::Pool<Manager<sqlite::SqliteConnector>>;
 /// Which backend a [`Database`] runs on.
 pub(crate) enum Backend {
     /// PostgreSQL with pgvector.
-    Postgres(PgPools),
+    Postgres(PgPool),
     /// Embedded SQLite (one replica).
     Sqlite(SqlitePool),
-}
-
-/// PostgreSQL connections: one pool, or one slice of it per serving thread.
-///
-/// A tokio-postgres connection's I/O runs in a task on the runtime that
-/// opened it. A serving thread with its own current-thread runtime and its
-/// own slice keeps every round trip on that thread: no wake-up of another
-/// thread per statement. Threads without a slice (background work) use the
-/// first one.
-pub(crate) struct PgPools {
-    slices: RwLock<Arc<[Slice]>>,
-    manager: (Arc<pg::PgConnector>, Arc<ConnectSignals>),
-    limits: PoolLimits,
-}
-
-/// The pool settings of `DatabaseConfig`.
-#[derive(Debug, Clone, Copy)]
-struct PoolLimits {
-    min: u32,
-    max: u32,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-}
-
-impl PoolLimits {
-    fn of(config: &DatabaseConfig) -> Self {
-        Self {
-            min: config.pool_min,
-            max: config.pool_max,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-        }
-    }
-}
-
-/// One pool of [`PgPools`] and the threads it serves.
-struct Slice {
-    pool: PgPool,
-    /// Serving threads that check out here first (none: the whole pool).
-    threads: Vec<ThreadId>,
-    max: u32,
-}
-
-impl PgPools {
-    fn slices(&self) -> Arc<[Slice]> {
-        self.slices.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn manager(&self) -> Manager<pg::PgConnector> {
-        Manager {
-            connector: self.manager.0.clone(),
-            signals: self.manager.1.clone(),
-        }
-    }
-}
-
-/// `total` split into `parts` shares that differ by at most one.
-fn share(total: u32, parts: usize, index: usize) -> u32 {
-    let parts = u32::try_from(parts).unwrap_or(u32::MAX).max(1);
-    let index = u32::try_from(index).unwrap_or(u32::MAX);
-    total / parts + u32::from(index < total % parts)
 }
 
 /// The connector of the pool, kept for connections outside it (migrations).
@@ -187,23 +125,29 @@ impl Database {
 
     fn open_with(config: &DatabaseConfig, exclusive: bool) -> Result<Database> {
         let signals = Arc::new(ConnectSignals::new());
+        fn builder<M: bb8::ManageConnection>(config: &DatabaseConfig, min: u32) -> bb8::Builder<M> {
+            bb8::Pool::builder()
+                .max_size(config.pool_max)
+                .min_idle(Some(min.min(config.pool_max)))
+                .connection_timeout(config.connect_timeout)
+                .idle_timeout(Some(config.idle_timeout))
+                .test_on_check_out(false)
+                // The connection used last is handed out first: a few hot
+                // backends carry the load (warm caches on both sides) and
+                // the rest age out through the idle timeout.
+                .queue_strategy(bb8::QueueStrategy::Lifo)
+                .retry_connection(false)
+                .reaper_rate(Duration::from_secs(5))
+        }
         let (backend, connector, lock) = match &config.url {
             DatabaseUrl::Postgres(url) => {
                 let connector = Arc::new(pg::PgConnector::new(url, config)?);
-                let pools = PgPools {
-                    slices: RwLock::new(Arc::new([])),
-                    manager: (connector.clone(), signals.clone()),
-                    limits: PoolLimits::of(config),
+                let manager = Manager {
+                    connector: connector.clone(),
+                    signals: signals.clone(),
                 };
-                let pool = pool_builder(pools.limits, config.pool_min, config.pool_max)
-                    .build_unchecked(pools.manager());
-                *pools.slices.write().unwrap_or_else(|e| e.into_inner()) = Arc::new([Slice {
-                    pool,
-                    threads: Vec::new(),
-                    max: config.pool_max,
-                }]);
                 (
-                    Backend::Postgres(pools),
+                    Backend::Postgres(builder(config, config.pool_min).build_unchecked(manager)),
                     ConnectorRef::Postgres(connector),
                     None,
                 )
@@ -223,8 +167,7 @@ impl Database {
                 };
                 (
                     Backend::Sqlite(
-                        pool_builder(PoolLimits::of(config), config.pool_min.max(1), config.pool_max)
-                            .build_unchecked(manager),
+                        builder(config, config.pool_min.max(1)).build_unchecked(manager),
                     ),
                     ConnectorRef::Sqlite(connector),
                     lock,
@@ -239,52 +182,6 @@ impl Database {
             connect_timeout: config.connect_timeout,
             _sqlite_lock: lock,
         })
-    }
-
-    /// Splits the PostgreSQL pool into one slice per serving thread, each
-    /// built on that thread's runtime, so a request's statements run on
-    /// connections whose I/O that thread drives. `DB_POOL_MIN` and
-    /// `DB_POOL_MAX` are shared out (they stay totals per replica); with
-    /// fewer connections allowed than threads, threads share slices.
-    /// Threads not named here use the first slice. The connections of the
-    /// pool before the split close. Without PostgreSQL this does nothing.
-    ///
-    /// Call it before serving: each handle's runtime must be running (its
-    /// thread in `block_on`), and each thread should check out only from
-    /// tasks on its own runtime.
-    pub fn attach_serving_threads(&self, threads: &[(ThreadId, tokio::runtime::Handle)]) {
-        let Backend::Postgres(pools) = &self.backend else {
-            return;
-        };
-        if threads.is_empty() {
-            return;
-        }
-        let limits = pools.limits;
-        let count = threads
-            .len()
-            .min(usize::try_from(limits.max).unwrap_or(usize::MAX));
-        let slices: Arc<[Slice]> = (0..count)
-            .map(|index| {
-                let (max, min) = (
-                    share(limits.max, count, index),
-                    share(limits.min, count, index),
-                );
-                // bb8 spawns its reaper and first connections on the
-                // runtime it is built in.
-                let _runtime = threads[index].1.enter();
-                Slice {
-                    pool: pool_builder(limits, min, max).build_unchecked(pools.manager()),
-                    threads: threads
-                        .iter()
-                        .skip(index)
-                        .step_by(count)
-                        .map(|(thread, _)| *thread)
-                        .collect(),
-                    max,
-                }
-            })
-            .collect();
-        *pools.slices.write().unwrap_or_else(|e| e.into_inner()) = slices;
     }
 
     /// The backend and its pool.
@@ -353,66 +250,16 @@ impl Database {
 
     /// Pool occupancy for metrics.
     pub fn pool_state(&self) -> PoolState {
-        let of = |state: bb8::State| PoolState {
+        let state = match &self.backend {
+            Backend::Postgres(p) => p.state(),
+            Backend::Sqlite(p) => p.state(),
+        };
+        PoolState {
             connections: state.connections,
             idle: state.idle_connections,
             waiting: state.statistics.pending_gets(),
             timed_out: state.statistics.get_timed_out,
-        };
-        match &self.backend {
-            Backend::Postgres(pools) => {
-                pools
-                    .slices()
-                    .iter()
-                    .fold(PoolState::default(), |sum, slice| {
-                        let one = of(slice.pool.state());
-                        PoolState {
-                            connections: sum.connections + one.connections,
-                            idle: sum.idle + one.idle,
-                            waiting: sum.waiting + one.waiting,
-                            timed_out: sum.timed_out + one.timed_out,
-                        }
-                    })
-            }
-            Backend::Sqlite(pool) => of(pool.state()),
         }
-    }
-
-    /// A PostgreSQL connection from the calling thread's slice.
-    ///
-    /// When that slice is at its share of `DB_POOL_MAX` with none idle, an
-    /// idle connection of another slice is borrowed instead of waiting (its
-    /// I/O then runs on the other thread, which is slower but does not
-    /// fail); with none idle anywhere, the wait on the own slice is bounded
-    /// as usual.
-    pub(crate) async fn checkout_pg(
-        &self,
-        pools: &PgPools,
-    ) -> Result<bb8::PooledConnection<'static, Manager<pg::PgConnector>>> {
-        use futures_util::FutureExt;
-        let slices = pools.slices();
-        let me = std::thread::current().id();
-        let own = slices
-            .iter()
-            .position(|s| s.threads.contains(&me))
-            .unwrap_or(0);
-        let state = slices[own].pool.state();
-        if slices.len() > 1 && state.idle_connections == 0 && state.connections >= slices[own].max
-        {
-            for (_, other) in slices.iter().enumerate().filter(|(i, _)| *i != own) {
-                if other.pool.state().idle_connections == 0 || self.signals.is_down() {
-                    continue;
-                }
-                // An idle connection is handed out without waiting; a
-                // checkout that would wait is dropped at once.
-                if let Some(Ok(mut conn)) = other.pool.get_owned().now_or_never()
-                    && conn.is_open()
-                {
-                    return Ok(conn);
-                }
-            }
-        }
-        self.checkout(&slices[own].pool).await
     }
 
     /// Checks a connection out of `pool`, failing fast when the database is known to be down.
@@ -421,10 +268,10 @@ impl Database {
     /// failover, a terminated backend) is dropped here rather than handed
     /// out to fail its statement: each idle one is tried at most once, then
     /// a new one is opened.
-    pub(crate) async fn checkout<K: pool::Connector>(
+    pub(crate) async fn checkout<'a, K: pool::Connector>(
         &self,
-        pool: &bb8::Pool<Manager<K>>,
-    ) -> Result<bb8::PooledConnection<'static, Manager<K>>> {
+        pool: &'a bb8::Pool<Manager<K>>,
+    ) -> Result<bb8::PooledConnection<'a, Manager<K>>> {
         for _ in 0..=pool.state().idle_connections {
             let mut conn = self.checkout_once(pool).await?;
             // A closed one goes back as broken, and the pool drops it.
@@ -435,10 +282,10 @@ impl Database {
         Err(unavailable_with("the server closed every connection tried"))
     }
 
-    async fn checkout_once<K: pool::Connector>(
+    async fn checkout_once<'a, K: pool::Connector>(
         &self,
-        pool: &bb8::Pool<Manager<K>>,
-    ) -> Result<bb8::PooledConnection<'static, Manager<K>>> {
+        pool: &'a bb8::Pool<Manager<K>>,
+    ) -> Result<bb8::PooledConnection<'a, Manager<K>>> {
         if self.signals.is_down() {
             self.spawn_probe(pool);
             return Err(self.unavailable());
@@ -447,7 +294,7 @@ impl Database {
         failures.mark_unchanged();
         tokio::select! {
             biased;
-            got = pool.get_owned() => got.map_err(|e| match e {
+            got = pool.get() => got.map_err(|e| match e {
                 bb8::RunError::User(e) => unavailable_with(&e.0),
                 bb8::RunError::TimedOut if self.signals.is_down() => self.unavailable(),
                 bb8::RunError::TimedOut => Error::unavailable(
@@ -529,26 +376,6 @@ impl Database {
             }
         }
     }
-}
-
-/// The pool settings shared by both backends, with `min` idle of at most `max`.
-fn pool_builder<M: bb8::ManageConnection>(
-    limits: PoolLimits,
-    min: u32,
-    max: u32,
-) -> bb8::Builder<M> {
-    bb8::Pool::builder()
-        .max_size(max)
-        .min_idle(Some(min.min(max)))
-        .connection_timeout(limits.connect_timeout)
-        .idle_timeout(Some(limits.idle_timeout))
-        .test_on_check_out(false)
-        // The connection used last is handed out first: a few hot
-        // backends carry the load (warm caches on both sides) and
-        // the rest age out through the idle timeout.
-        .queue_strategy(bb8::QueueStrategy::Lifo)
-        .retry_connection(false)
-        .reaper_rate(Duration::from_secs(5))
 }
 
 fn unavailable_with(detail: &str) -> Error {

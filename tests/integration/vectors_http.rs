@@ -127,6 +127,71 @@ async fn bad_requests_get_stable_codes_and_write_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_parsed_whole_or_refused_whole() {
+    let dir = temp_dir("http-large-batch");
+    let env = sqlite_env(&dir);
+    let replica = Replica::start(&env);
+    let token = replica.admin_token(&env).await;
+    let client = Client::new().with_token(&token);
+    create(&client, &replica, "docs", 64).await;
+    let docs = replica.url("/api/collections/docs/documents");
+    // 1000 documents of 64 floats: far past the size parsed off the serving thread.
+    let documents: Vec<_> = (0..1000)
+        .map(|i| {
+            let vector: Vec<f32> = (0..64)
+                .map(|d| ((i * 64 + d) % 97) as f32 / 97.0 + 0.01)
+                .collect();
+            json!({"id": format!("d{i}"), "vector": vector})
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({"documents": documents})).unwrap();
+    assert!(body.len() > 256 * 1024, "{} bytes", body.len());
+    let mut broken = body.clone();
+    broken.truncate(body.len() - 3);
+    let put = |body: Vec<u8>| {
+        let (client, docs) = (client.clone(), docs.clone());
+        async move {
+            client
+                .send(
+                    Method::PUT,
+                    &docs,
+                    &[("content-type", "application/json")],
+                    Some(Bytes::from(body)),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let refused = put(broken).await;
+    assert_eq!(refused.status, 400, "{:?}", refused.json());
+    assert_eq!(refused.json()["code"], "invalid_json");
+    let count = async || {
+        client
+            .get(&replica.url("/api/collections/docs"), None)
+            .await
+            .json()["document_count"]
+            .clone()
+    };
+    assert_eq!(count().await, 0);
+    let stored = put(body).await;
+    assert_eq!(stored.status, 200, "{:?}", stored.json());
+    assert_eq!(stored.json()["upserted"], 1000);
+    assert_eq!(count().await, 1000);
+    let doc = client
+        .get(
+            &replica.url("/api/collections/docs/documents/d999?include_vector=true"),
+            None,
+        )
+        .await;
+    assert_eq!(doc.status, 200, "{:?}", doc.json());
+    let expected: Vec<f32> = (0..64)
+        .map(|d| ((999 * 64 + d) % 97) as f32 / 97.0 + 0.01)
+        .collect();
+    let stored: Vec<f32> = serde_json::from_value(doc.json()["vector"].clone()).unwrap();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_request_in_flight_finish() {
     let dir = temp_dir("inflight");
     let mut env = sqlite_env(&dir);

@@ -114,7 +114,13 @@ impl Ctx {
     }
 
     /// The body parsed as JSON; requires a JSON content type.
-    pub(crate) async fn json<T: DeserializeOwned>(&mut self) -> Result<T, ApiError> {
+    ///
+    /// A large body (a batch of documents) is parsed on the blocking pool:
+    /// milliseconds of parsing on a runtime worker would hold up the tasks
+    /// queued behind it, and the I/O driver when that worker holds it.
+    pub(crate) async fn json<T: DeserializeOwned + Send + 'static>(
+        &mut self,
+    ) -> Result<T, ApiError> {
         let content_type = self
             .headers
             .get(header::CONTENT_TYPE)
@@ -130,9 +136,20 @@ impl Ctx {
             .into());
         }
         let bytes = self.bytes().await?;
-        parse_json(&bytes)
+        if bytes.len() < PARSE_OFF_THREAD {
+            return parse_json(&bytes);
+        }
+        tokio::task::spawn_blocking(move || parse_json(&bytes))
+            .await
+            .map_err(|e| {
+                ApiError::from(tp_core::Error::internal(format!("JSON parse task: {e}")))
+            })?
     }
 }
+
+/// Bodies from this size on are parsed off the runtime's workers (about
+/// 0.2 ms of parsing for vectors; handing over costs tens of µs).
+const PARSE_OFF_THREAD: usize = 64 * 1024;
 
 /// Parses a JSON body with an error that says where it went wrong.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -254,6 +254,32 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// Starts a detached watcher that stops the server (immediate
+    /// shutdown) and removes the cluster's directory after this process
+    /// has exited.
+    fn stop_after_exit(&self) {
+        const WATCH: &str = "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; \
+            pm=$(head -n 1 \"$1/data/postmaster.pid\" 2>/dev/null) && kill -QUIT \"$pm\"; \
+            while [ -n \"$pm\" ] && kill -0 \"$pm\" 2>/dev/null; do sleep 0.2; done; \
+            rm -rf \"$1\"";
+        let spawned = Command::new("sh")
+            .args([
+                "-c",
+                WATCH,
+                &std::process::id().to_string(),
+                &self.root.to_string_lossy(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = spawned {
+            eprintln!("cannot watch the shared PostgreSQL cluster: {e}");
+        }
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.keep {
@@ -278,7 +304,10 @@ pub fn shared() -> &'static PgCluster {
     static SHARED: OnceLock<PgCluster> = OnceLock::new();
     SHARED.get_or_init(|| {
         let mut cluster = PgCluster::start("shared");
+        // A `static` is never dropped: a watcher stops the server and
+        // removes its files once this process has exited.
         cluster.keep = true;
+        cluster.stop_after_exit();
         cluster
     })
 }

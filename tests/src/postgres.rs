@@ -252,9 +252,7 @@ impl PgCluster {
     pub fn root(&self) -> &Path {
         &self.root
     }
-}
 
-impl PgCluster {
     /// Starts a detached watcher that stops the server (immediate
     /// shutdown) and removes the cluster's directory after this process
     /// has exited.

@@ -135,14 +135,15 @@ async fn a_large_batch_is_parsed_whole_or_refused_whole() {
     let client = Client::new().with_token(&token);
     create(&client, &replica, "docs", 64).await;
     let docs = replica.url("/api/collections/docs/documents");
-    // 1000 documents of 64 floats: far past the size parsed off the serving thread.
+    // 1000 documents of 64 floats: far past the size from which bodies
+    // are parsed on the blocking pool.
+    let vector_of = |i: usize| -> Vec<f32> {
+        (0..64)
+            .map(|d| ((i * 64 + d) % 97) as f32 / 97.0 + 0.01)
+            .collect()
+    };
     let documents: Vec<_> = (0..1000)
-        .map(|i| {
-            let vector: Vec<f32> = (0..64)
-                .map(|d| ((i * 64 + d) % 97) as f32 / 97.0 + 0.01)
-                .collect();
-            json!({"id": format!("d{i}"), "vector": vector})
-        })
+        .map(|i| json!({"id": format!("d{i}"), "vector": vector_of(i)}))
         .collect();
     let body = serde_json::to_vec(&json!({"documents": documents})).unwrap();
     assert!(body.len() > 256 * 1024, "{} bytes", body.len());
@@ -184,11 +185,8 @@ async fn a_large_batch_is_parsed_whole_or_refused_whole() {
         )
         .await;
     assert_eq!(doc.status, 200, "{:?}", doc.json());
-    let expected: Vec<f32> = (0..64)
-        .map(|d| ((999 * 64 + d) % 97) as f32 / 97.0 + 0.01)
-        .collect();
     let stored: Vec<f32> = serde_json::from_value(doc.json()["vector"].clone()).unwrap();
-    assert_eq!(stored, expected);
+    assert_eq!(stored, vector_of(999));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -310,13 +310,13 @@ pub fn shared() -> &'static PgCluster {
     })
 }
 
-/// A new, empty database on the shared cluster.
 /// The database name of a `postgresql://…/<name>[?…]` URL.
 pub fn database_of(url: &str) -> &str {
     let tail = url.rsplit_once('/').map_or(url, |(_, tail)| tail);
     tail.split_once('?').map_or(tail, |(name, _)| name)
 }
 
+/// A new, empty database on the shared cluster.
 pub fn fresh_database() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = format!(

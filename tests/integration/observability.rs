@@ -123,6 +123,9 @@ async fn json_logs_carry_the_request_id_and_the_callers_trace_id() {
     assert_eq!(json["span"]["request_id"], "req-correlate-1");
     assert_eq!(json["span"]["trace_id"], trace);
     assert_eq!(json["span"]["route"], "/api/health/live");
+    // The request's last line (debug) carries its status.
+    assert_eq!(json["message"], "request done", "{line}");
+    assert_eq!(json["status"], 200, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

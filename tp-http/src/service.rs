@@ -17,7 +17,7 @@ use tp_core::{Error, TenantPlane};
 
 use crate::context::Ctx;
 use crate::error::ApiError;
-use crate::router::{Access, Miss, Router};
+use crate::router::{Access, Matched, Miss, Router};
 use crate::{BoxError, Response, client_ip, handlers, request_id, telemetry};
 use tracing::Instrument;
 
@@ -114,45 +114,52 @@ impl Api {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        let started = Instant::now();
         let request_id = request_id::from_headers(request.headers());
-        let span = telemetry::request_span(request.headers(), &request_id, request.method());
-        self.handle_in_span(request, request_id)
+        // Routed before the span is made, so that the span carries its route
+        // from the start and no field is recorded into it afterwards.
+        let routed = self.inner.router.at(request.method(), request.uri().path());
+        let route = routed.as_ref().map_or(UNMATCHED, |m| m.route.pattern);
+        let span = telemetry::request_span(request.headers(), &request_id, request.method(), route);
+        self.handle_in_span(request, &request_id, routed, route, started)
             .instrument(span)
             .await
     }
 
-    async fn handle_in_span<B>(&self, request: Request<B>, request_id: String) -> Response
+    async fn handle_in_span<B>(
+        &self,
+        request: Request<B>,
+        request_id: &str,
+        routed: Result<Matched<'_>, Miss>,
+        route: &'static str,
+        started: Instant,
+    ) -> Response
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let started = Instant::now();
         let inner = &self.inner;
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0.ip());
         let (parts, body) = request.into_parts();
         let method = parts.method.clone();
-        let path = parts.uri.path().to_owned();
 
-        let (response, route) = match inner.router.at(&parts.method, &path) {
-            Err(Miss::NotFound) => (
-                ApiError::from(Error::not_found(
-                    "route_not_found",
-                    format!("no route for {path}"),
-                ))
-                .into_response(&request_id),
-                "<unmatched>",
-            ),
+        let response = match routed {
+            Err(Miss::NotFound) => ApiError::from(Error::not_found(
+                "route_not_found",
+                format!("no route for {}", parts.uri.path()),
+            ))
+            .into_response(request_id),
             Err(Miss::MethodNotAllowed(allow)) => {
                 let mut response = crate::error::problem(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
-                    format!("{method} is not allowed on {path}"),
-                    &request_id,
+                    format!("{method} is not allowed on {}", parts.uri.path()),
+                    request_id,
                 );
                 if let Ok(allow) = HeaderValue::from_str(&allow) {
                     response.headers_mut().insert(header::ALLOW, allow);
                 }
-                (response, "<unmatched>")
+                response
             }
             Ok(matched) => {
                 // Admission (license, authentication), then the rate limit:
@@ -160,14 +167,14 @@ impl Api {
                 let gates = async {
                     let principal = admit(inner, matched.route, &parts.headers)
                         .await
-                        .map_err(|e| ApiError::from(e).into_response(&request_id))?;
+                        .map_err(|e| ApiError::from(e).into_response(request_id))?;
                     let limit = limit(
                         inner,
                         matched.route.pattern,
                         principal.as_ref(),
                         peer,
                         &parts.headers,
-                        &request_id,
+                        request_id,
                     )
                     .await?;
                     Ok::<_, Response>((principal, limit))
@@ -175,14 +182,7 @@ impl Api {
                 let (principal, limit) = match gates.await {
                     Ok(passed) => passed,
                     Err(response) => {
-                        return finish(
-                            inner,
-                            response,
-                            &request_id,
-                            &method,
-                            matched.route.pattern,
-                            started,
-                        );
+                        return finish(inner, response, request_id, &method, route, started);
                     }
                 };
                 let ctx = Ctx {
@@ -200,7 +200,7 @@ impl Api {
                 let outcome = tokio::time::timeout(inner.request_timeout, handler(ctx)).await;
                 let mut response = match outcome {
                     Ok(Ok(response)) => response,
-                    Ok(Err(e)) => e.into_response(&request_id),
+                    Ok(Err(e)) => e.into_response(request_id),
                     Err(_) => ApiError::from(Error::Timeout {
                         code: "request_timeout",
                         message: format!(
@@ -208,16 +208,16 @@ impl Api {
                             inner.request_timeout.as_millis()
                         ),
                     })
-                    .into_response(&request_id),
+                    .into_response(request_id),
                 };
                 if let Some(decision) = limit {
                     rate_limit_headers(inner, &mut response, &decision);
                 }
-                (response, matched.route.pattern)
+                response
             }
         };
 
-        finish(inner, response, &request_id, &method, route, started)
+        finish(inner, response, request_id, &method, route, started)
     }
 }
 
@@ -332,6 +332,9 @@ fn policy_header(policy: &Policy) -> Option<HeaderValue> {
     .ok()
 }
 
+/// The route of requests that match none, in spans and metrics.
+const UNMATCHED: &str = "<unmatched>";
+
 /// Headers every response carries, and the request log line.
 fn finish(
     inner: &Inner,
@@ -353,8 +356,12 @@ fn finish(
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     telemetry::metrics().record_request(method, route, status, elapsed);
-    telemetry::record_outcome(&tracing::Span::current(), route, status);
-    tracing::debug!(elapsed_us = elapsed.as_micros() as u64, "request done");
+    telemetry::record_status(status);
+    tracing::debug!(
+        status,
+        elapsed_us = elapsed.as_micros() as u64,
+        "request done"
+    );
     response
 }
 

@@ -93,7 +93,7 @@ impl Metrics {
     ) {
         let attributes = [
             KeyValue::new("http.route", route),
-            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new("http.request.method", method_name(method)),
             KeyValue::new("http.response.status_code", i64::from(status)),
         ];
         self.requests.add(1, &attributes);
@@ -109,45 +109,53 @@ impl Metrics {
     }
 }
 
-/// The span of one request: request id and W3C trace id in every log line
-/// inside it; exported spans continue the caller's `traceparent`.
+/// A method's name, without an allocation for the standard ones.
+fn method_name(method: &Method) -> opentelemetry::Value {
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return method.as_str().to_owned().into(),
+    };
+    name.into()
+}
+
+/// The span of one request: request id, W3C trace id and route in every
+/// log line inside it; exported spans continue the caller's `traceparent`.
+///
+/// Every field is set here: the JSON log layer formats a span's fields when
+/// it is made and re-reads and re-writes them on every later record.
 pub(crate) fn request_span(
     headers: &HeaderMap,
     request_id: &str,
     method: &Method,
+    route: &'static str,
 ) -> tracing::Span {
     let parent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent)
         .unwrap_or_else(fresh_context);
-    let trace_id = parent.trace_id().to_string();
     let span = tracing::info_span!(
         "request",
         request_id,
-        trace_id = trace_id.as_str(),
+        trace_id = %parent.trace_id(),
         method = method.as_str(),
-        route = tracing::field::Empty,
-        status = tracing::field::Empty,
+        route,
     );
     let _ = span.set_parent(Context::new().with_remote_span_context(parent));
     span
 }
 
-/// Records the request span's route and status in one call: the JSON log
-/// layer re-reads and re-writes a span's fields on every record.
-pub(crate) fn record_outcome(span: &tracing::Span, route: &'static str, status: u16) {
-    let Some(metadata) = span.metadata() else {
-        return;
-    };
-    let fields = metadata.fields();
-    if let (Some(route_field), Some(status_field)) = (fields.field("route"), fields.field("status"))
-    {
-        span.record_all(&fields.value_set(&[
-            (&route_field, Some(&route as &dyn tracing::Value)),
-            (&status_field, Some(&status as &dyn tracing::Value)),
-        ]));
-    }
+/// Adds the response status to the current request's exported span. It
+/// goes to OpenTelemetry only, not into the span's logged fields, which
+/// would cost the JSON log layer a re-write of them all.
+pub(crate) fn record_status(status: u16) {
+    tracing::Span::current().set_attribute("status", i64::from(status));
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.

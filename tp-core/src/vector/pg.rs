@@ -207,7 +207,9 @@ pub(super) async fn delete(
     )
 }
 
-#[derive(QueryableByName)]
+/// A search hit as PostgreSQL returns it: by position from the prepared
+/// unfiltered statement, by name from a filtered one.
+#[derive(Queryable, QueryableByName)]
 struct HitRow {
     #[diesel(sql_type = Text)]
     id: String,
@@ -308,7 +310,14 @@ impl diesel::query_builder::QueryId for UnfilteredSearch<'_> {
 }
 
 impl diesel::query_builder::Query for UnfilteredSearch<'_> {
-    type SqlType = diesel::sql_types::Untyped;
+    /// The columns of [`HitRow`], in order.
+    type SqlType = (
+        Text,
+        Double,
+        Nullable<Text>,
+        Nullable<Jsonb>,
+        Nullable<Vector>,
+    );
 }
 
 /// The distance expression: the cast makes the planner use the

@@ -4,9 +4,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -60,10 +64,95 @@ fn spawn_connection(
             async move { Ok::<_, Infallible>(api.handle(request).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        if let Err(e) = watcher.watch(connection).await {
+        if let Err(e) = Repoll::new(watcher.watch(connection)).await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     });
+}
+
+/// Polls a connection again at once when it wakes itself during its own poll.
+///
+/// hyper's request-body channel does that for every request with a body:
+/// the handler takes the body, and the channel wakes the sender, which is
+/// the connection's own task. Tokio's multi-thread scheduler treats a task
+/// woken while it runs as a yield: it queues the task again and wakes a
+/// parked worker to steal it. That cost every POST a context switch, and
+/// often a move of the connection to the other worker, for a poll that
+/// found nothing to do. Polling again here does the same on this thread.
+/// Bounded: a future that keeps waking itself still yields to the scheduler.
+struct Repoll<F> {
+    inner: Pin<Box<F>>,
+    state: Arc<RepollState>,
+    waker: Waker,
+}
+
+/// Whether the inner future is being polled and was woken meanwhile, and
+/// the task to wake otherwise.
+struct RepollState {
+    phase: AtomicU8,
+    task: AtomicWaker,
+}
+
+const IDLE: u8 = 0;
+const POLLING: u8 = 1;
+const WOKEN: u8 = 2;
+
+/// Polls of the inner future per poll of the task.
+const MAX_POLLS: usize = 4;
+
+impl<F: Future> Repoll<F> {
+    fn new(inner: F) -> Self {
+        let state = Arc::new(RepollState {
+            phase: AtomicU8::new(IDLE),
+            task: AtomicWaker::new(),
+        });
+        Repoll {
+            inner: Box::pin(inner),
+            waker: Waker::from(state.clone()),
+            state,
+        }
+    }
+}
+
+impl<F: Future> Future for Repoll<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        this.state.task.register(cx.waker());
+        let mut inner_cx = Context::from_waker(&this.waker);
+        for _ in 0..MAX_POLLS {
+            this.state.phase.store(POLLING, Ordering::SeqCst);
+            if let Poll::Ready(output) = this.inner.as_mut().poll(&mut inner_cx) {
+                this.state.phase.store(IDLE, Ordering::SeqCst);
+                return Poll::Ready(output);
+            }
+            if this.state.phase.swap(IDLE, Ordering::SeqCst) != WOKEN {
+                return Poll::Pending;
+            }
+        }
+        // Still waking itself: let the scheduler run others first.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Wake for RepollState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // During a poll the poller sees the mark and polls again; otherwise
+        // (or once it has finished) the task is woken as usual.
+        match self
+            .phase
+            .compare_exchange(POLLING, WOKEN, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) | Err(WOKEN) => {}
+            Err(_) => self.task.wake(),
+        }
+    }
 }
 
 /// Serves `api` on `listener` until `signal` resolves, then drains.
@@ -147,4 +236,101 @@ pub async fn serve(
             open_connections: open,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Counts the wakes of the task that polls a [`Repoll`].
+    #[derive(Default)]
+    struct Task(AtomicUsize);
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes itself while being polled for its first `wakes` polls, then
+    /// is ready on poll `ready_on` (1-based), if any.
+    struct Script {
+        wakes: usize,
+        ready_on: Option<usize>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl Future for Script {
+        type Output = usize;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+            if n <= self.wakes {
+                cx.waker().wake_by_ref();
+            }
+            match self.ready_on {
+                Some(r) if n >= r => Poll::Ready(n),
+                _ => Poll::Pending,
+            }
+        }
+    }
+
+    fn run(wakes: usize, ready_on: Option<usize>) -> (Repoll<Script>, Arc<Task>, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let script = Script {
+            wakes,
+            ready_on,
+            polls: polls.clone(),
+        };
+        (Repoll::new(script), Arc::new(Task::default()), polls)
+    }
+
+    fn poll_once<F: Future>(future: &mut Repoll<F>, task: &Arc<Task>) -> Poll<F::Output> {
+        let waker = Waker::from(task.clone());
+        Pin::new(future).poll(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn a_future_that_wakes_itself_is_polled_again_without_waking_the_task() {
+        let (mut future, task, polls) = run(1, Some(2));
+        assert_eq!(poll_once(&mut future, &task), Poll::Ready(2));
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_self_wake_then_nothing_to_do_leaves_the_task_asleep() {
+        let (mut future, task, polls) = run(1, None);
+        assert_eq!(poll_once(&mut future, &task), Poll::Pending);
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_future_that_keeps_waking_itself_still_yields_to_the_scheduler() {
+        let (mut future, task, polls) = run(usize::MAX, None);
+        assert_eq!(poll_once(&mut future, &task), Poll::Pending);
+        assert_eq!(polls.load(Ordering::SeqCst), MAX_POLLS);
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "woken to be polled again");
+    }
+
+    #[test]
+    fn a_wake_after_the_poll_wakes_the_task() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let task = Arc::new(Task::default());
+        let parked: Arc<std::sync::Mutex<Option<Waker>>> = Arc::default();
+        let slot = parked.clone();
+        let mut future = Repoll::new(std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            *slot.lock().unwrap() = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        }));
+        assert_eq!(poll_once(&mut future, &task), Poll::Pending);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        let waker = parked.lock().unwrap().take().unwrap();
+        std::thread::spawn(move || waker.wake()).join().unwrap();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+    }
 }

@@ -66,8 +66,8 @@ pub struct Outcome {
     /// Busy CPU time of the whole machine meanwhile (client, servers and
     /// anything else), from `/proc/stat`.
     pub cpu: Duration,
-    /// CPU time of each accounted server process meanwhile.
-    pub process_cpu: Vec<(&'static str, Duration)>,
+    /// CPU time and context switches of each accounted process meanwhile.
+    pub process_cpu: Vec<(&'static str, Usage)>,
     /// The first failure, for the log.
     pub example: Option<String>,
     /// Request rate of each round, in order.
@@ -84,10 +84,13 @@ impl Outcome {
         self.errors += other.errors;
         self.elapsed += other.elapsed;
         self.cpu += other.cpu;
-        for (label, cpu) in other.process_cpu {
+        for (label, usage) in other.process_cpu {
             match self.process_cpu.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, total)) => *total += cpu,
-                None => self.process_cpu.push((label, cpu)),
+                Some((_, total)) => {
+                    total.cpu += usage.cpu;
+                    total.switches += usage.switches;
+                }
+                None => self.process_cpu.push((label, usage)),
             }
         }
         if self.example.is_none() {
@@ -120,8 +123,8 @@ impl Outcome {
             report::ms(self.p50()),
             per(self.cpu)
         );
-        for (label, cpu) in &self.process_cpu {
-            s.push_str(&format!(", {label} {:.0}", per(*cpu)));
+        for (label, usage) in &self.process_cpu {
+            s.push_str(&format!(", {label} {:.0}", per(usage.cpu)));
         }
         s.push(')');
         s
@@ -154,12 +157,12 @@ impl Outcome {
             self.cpu_per_request().as_secs_f64() * 1e6,
             self.latencies_us.len(),
         );
-        for (label, cpu) in &self.process_cpu {
+        let n = self.latencies_us.len().max(1) as f64;
+        for (label, usage) in &self.process_cpu {
             line.push_str(&format!(
-                "  {label} {:.1} µs",
-                cpu.div_f64(self.latencies_us.len().max(1) as f64)
-                    .as_secs_f64()
-                    * 1e6
+                "  {label} {:.1} µs {:.1} cs",
+                usage.cpu.div_f64(n).as_secs_f64() * 1e6,
+                usage.switches as f64 / n,
             ));
         }
         if failures > 0 {
@@ -241,28 +244,45 @@ pub async fn run(target: &Arc<Target>, bounds: Bounds) -> Outcome {
     total
 }
 
-/// CPU time of labelled processes since [`CpuMeter::start`].
+/// CPU time and context switches of labelled processes since [`CpuMeter::start`].
 pub struct CpuMeter<'a> {
     processes: &'a [(&'static str, Proc)],
-    before: Vec<Duration>,
+    before: Vec<Usage>,
 }
 
 impl<'a> CpuMeter<'a> {
     pub fn start(processes: &'a [(&'static str, Proc)]) -> Self {
         CpuMeter {
             processes,
-            before: processes.iter().map(|(_, p)| p.cpu()).collect(),
+            before: processes.iter().map(|(_, p)| p.usage()).collect(),
         }
     }
 
-    /// Each process's CPU time since the start, by label.
-    pub fn stop(self) -> Vec<(&'static str, Duration)> {
+    /// Each process's usage since the start, by label.
+    pub fn stop(self) -> Vec<(&'static str, Usage)> {
         self.processes
             .iter()
             .zip(self.before)
-            .map(|((label, p), before)| (*label, p.cpu().saturating_sub(before)))
+            .map(|((label, p), before)| {
+                let now = p.usage();
+                (
+                    *label,
+                    Usage {
+                        cpu: now.cpu.saturating_sub(before.cpu),
+                        switches: now.switches.saturating_sub(before.switches),
+                    },
+                )
+            })
             .collect()
     }
+}
+
+/// What a process used: CPU time, and how often its threads were switched
+/// out (each sleep and wake-up, or preemption, is one).
+#[derive(Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu: Duration,
+    pub switches: u64,
 }
 
 /// A process whose CPU time a load accounts.
@@ -277,25 +297,51 @@ pub enum Proc {
 }
 
 impl Proc {
-    pub fn cpu(self) -> Duration {
+    pub fn usage(self) -> Usage {
+        let one = |pid| Usage {
+            cpu: process_cpu(pid),
+            switches: context_switches(pid),
+        };
         match self {
-            Proc::One(pid) => process_cpu(pid),
-            Proc::Client => process_cpu(std::process::id()),
+            Proc::One(pid) => one(pid),
+            Proc::Client => one(std::process::id()),
             Proc::Tree(root) => {
-                let children: Duration = std::fs::read_dir("/proc")
+                let children: Vec<u32> = std::fs::read_dir("/proc")
                     .into_iter()
                     .flatten()
                     .flatten()
                     .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
                     .filter(|&pid| parent(pid) == Some(root))
-                    .map(process_cpu)
-                    .sum();
-                // Backends that exited (a pool closing idle connections)
-                // moved their time into the postmaster's cutime and cstime.
-                cpu_fields(root, 4) + children
+                    .collect();
+                Usage {
+                    // Backends that exited (a pool closing idle connections)
+                    // moved their time into the postmaster's cutime and
+                    // cstime; their switches are not counted.
+                    cpu: cpu_fields(root, 4)
+                        + children.iter().copied().map(process_cpu).sum::<Duration>(),
+                    switches: context_switches(root)
+                        + children.into_iter().map(context_switches).sum::<u64>(),
+                }
             }
         }
     }
+}
+
+/// Voluntary and involuntary context switches of every live thread of `pid`.
+fn context_switches(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces).

@@ -67,7 +67,7 @@ pub struct Outcome {
     /// anything else), from `/proc/stat`.
     pub cpu: Duration,
     /// CPU time and context switches of each accounted process meanwhile.
-    pub process_cpu: Vec<(&'static str, Usage)>,
+    pub process_usage: Vec<(&'static str, Usage)>,
     /// The first failure, for the log.
     pub example: Option<String>,
     /// Request rate of each round, in order.
@@ -84,13 +84,13 @@ impl Outcome {
         self.errors += other.errors;
         self.elapsed += other.elapsed;
         self.cpu += other.cpu;
-        for (label, usage) in other.process_cpu {
-            match self.process_cpu.iter_mut().find(|(l, _)| *l == label) {
+        for (label, usage) in other.process_usage {
+            match self.process_usage.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, total)) => {
                     total.cpu += usage.cpu;
                     total.switches += usage.switches;
                 }
-                None => self.process_cpu.push((label, usage)),
+                None => self.process_usage.push((label, usage)),
             }
         }
         if self.example.is_none() {
@@ -123,7 +123,7 @@ impl Outcome {
             report::ms(self.p50()),
             per(self.cpu)
         );
-        for (label, usage) in &self.process_cpu {
+        for (label, usage) in &self.process_usage {
             s.push_str(&format!(", {label} {:.0}", per(usage.cpu)));
         }
         s.push(')');
@@ -158,7 +158,7 @@ impl Outcome {
             self.latencies_us.len(),
         );
         let n = self.latencies_us.len().max(1) as f64;
-        for (label, usage) in &self.process_cpu {
+        for (label, usage) in &self.process_usage {
             line.push_str(&format!(
                 "  {label} {:.1} µs {:.1} cs",
                 usage.cpu.div_f64(n).as_secs_f64() * 1e6,
@@ -240,7 +240,7 @@ pub async fn run(target: &Arc<Target>, bounds: Bounds) -> Outcome {
     }
     total.elapsed = started.elapsed();
     total.cpu = busy_cpu().saturating_sub(cpu);
-    total.process_cpu = processes.stop();
+    total.process_usage = processes.stop();
     total
 }
 
@@ -334,12 +334,12 @@ fn context_switches(pid: u32) -> u64 {
         .flatten()
         .flatten()
         .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-        .flat_map(|status| {
+        .map(|status| {
             status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum()
 }

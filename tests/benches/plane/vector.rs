@@ -544,7 +544,7 @@ async fn sql_load(
     }
     total.elapsed = started.elapsed();
     total.cpu = load::busy_cpu().saturating_sub(cpu);
-    total.process_cpu = meter.stop();
+    total.process_usage = meter.stop();
     total
 }
 

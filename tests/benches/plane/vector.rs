@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, StatusCode};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use tp_core::vector::{Metric, NewCollection, NewDocument, SearchRequest};
+use tp_core::vector::{
+    DEFAULT_EF_SEARCH, HNSW_EF_CONSTRUCTION, HNSW_M, Metric, NewCollection, NewDocument,
+    SearchRequest,
+};
 use tp_core::{Config, TenantPlane};
 use tp_tests::Client;
 use tp_tests::replica::{ENCRYPTION_KEY, JWT_SECRET, Replica, prod_env, set};
@@ -398,7 +401,10 @@ async fn recall(client: &Client, replica: &Replica, data: &DataSet, summary: &mu
         let recall = found as f64 / (data.queries.len() * K) as f64;
         println!(
             "HNSW recall@{K} at ef_search {:<11} {recall:.4}  ({} queries, {:.2} ms each, one client)",
-            ef.map_or_else(|| "40 (default)".to_owned(), |e| e.to_string()),
+            ef.map_or_else(
+                || format!("{DEFAULT_EF_SEARCH} (default)"),
+                |e| e.to_string()
+            ),
             data.queries.len(),
             started.elapsed().as_secs_f64() * 1e3 / data.queries.len() as f64
         );
@@ -409,7 +415,7 @@ async fn recall(client: &Client, replica: &Replica, data: &DataSet, summary: &mu
     summary.add(
         "vector",
         format!(
-            "HNSW recall@{K}, ef_search 40 (m 16, ef_construction 64), {} docs",
+            "HNSW recall@{K}, ef_search {DEFAULT_EF_SEARCH} (m {HNSW_M}, ef_construction {HNSW_EF_CONSTRUCTION}), {} docs",
             data.len()
         ),
         format!("{default_recall:.4}"),

@@ -10,6 +10,7 @@ mod exact;
 pub mod filter;
 pub mod model;
 mod pg;
+pub use pg::{HNSW_EF_CONSTRUCTION, HNSW_M};
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -24,7 +25,8 @@ use crate::db::{Database, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
 pub use model::{
-    Collection, Document, Metric, NewCollection, NewDocument, SearchHit, SearchRequest,
+    Collection, DEFAULT_EF_SEARCH, Document, Metric, NewCollection, NewDocument, SearchHit,
+    SearchRequest,
 };
 use model::{CollectionName, Dimension};
 

@@ -2,10 +2,12 @@
 
 use std::collections::HashSet;
 
-use tp_core::vector::{Metric, NewCollection, NewDocument, SearchRequest};
+use tp_core::vector::{
+    HNSW_EF_CONSTRUCTION, HNSW_M, Metric, NewCollection, NewDocument, SearchRequest,
+};
 use tp_tests::data::Clustered;
 
-use crate::conformance::postgres_plane;
+use crate::conformance::plane_with;
 
 const DIM: usize = 96;
 const DOCS: usize = 10_000;
@@ -15,7 +17,10 @@ const RECALL_FLOOR: f64 = 0.90;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hnsw_recall_at_10_on_clustered_data() {
-    let plane = postgres_plane().await;
+    let url = tokio::task::spawn_blocking(tp_tests::postgres::fresh_database)
+        .await
+        .expect("create database");
+    let plane = plane_with(&url, &[]).await;
     let v = plane.vectors();
     v.create_collection(NewCollection {
         name: "recall".into(),
@@ -24,6 +29,23 @@ async fn hnsw_recall_at_10_on_clustered_data() {
     })
     .await
     .unwrap();
+    // The index is built with the documented parameters.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class \
+             WHERE relname LIKE 'documents_hnsw_%'",
+            &[],
+        )
+        .await
+        .expect("one HNSW index");
+    assert_eq!(
+        row.get::<_, String>(0),
+        format!("m={HNSW_M},ef_construction={HNSW_EF_CONSTRUCTION}")
+    );
     let mut data = Clustered::new(42, DIM, 64, 0.6);
     let docs: Vec<NewDocument> = (0..DOCS)
         .map(|i| NewDocument {

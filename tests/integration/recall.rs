@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use tp_core::vector::{
-    HNSW_EF_CONSTRUCTION, HNSW_M, Metric, NewCollection, NewDocument, SearchRequest,
+    DEFAULT_EF_SEARCH, HNSW_EF_CONSTRUCTION, HNSW_M, Metric, NewCollection, NewDocument,
+    SearchRequest,
 };
 use tp_tests::data::Clustered;
 
@@ -36,12 +37,13 @@ async fn hnsw_recall_at_10_on_clustered_data() {
     tokio::spawn(connection);
     let row = client
         .query_one(
-            "SELECT array_to_string(reloptions, ',') FROM pg_class \
-             WHERE relname LIKE 'documents_hnsw_%'",
+            "SELECT array_to_string(i.reloptions, ',') FROM collections c \
+             JOIN pg_class i ON i.relname = 'documents_hnsw_' || c.id \
+             WHERE c.name = 'recall'",
             &[],
         )
         .await
-        .expect("one HNSW index");
+        .expect("the collection's HNSW index");
     assert_eq!(
         row.get::<_, String>(0),
         format!("m={HNSW_M},ef_construction={HNSW_EF_CONSTRUCTION}")
@@ -88,7 +90,7 @@ async fn hnsw_recall_at_10_on_clustered_data() {
     }
     let recall = found as f64 / (QUERIES * 10) as f64;
     println!(
-        "pgvector HNSW recall@10 at ef_search 40 on {DOCS} × {DIM} clustered vectors: {recall:.3}"
+        "pgvector HNSW recall@10 at ef_search {DEFAULT_EF_SEARCH} on {DOCS} × {DIM} clustered vectors: {recall:.3}"
     );
     assert!(
         recall >= RECALL_FLOOR,

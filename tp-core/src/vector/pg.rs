@@ -36,9 +36,8 @@ pub const HNSW_M: u32 = 16;
 /// HNSW candidate list while building. pgvector's default is 64; on the
 /// benchmark's clustered 100k × 384 set, an index built with 64 found
 /// 0.953 of the true top 10 at `ef_search` 40 (0.961 at 80), one built with
-/// 100 found 0.988, and its searches were about 10% cheaper: a better graph
-/// needs fewer hops. Building took 1.2 times as long (40 s against 33 s).
-/// An index keeps the value it was built with.
+/// 100 found 0.988, and searches cost no more. Building took 1.2 times as
+/// long (40 s against 33 s). An index keeps the value it was built with.
 pub const HNSW_EF_CONSTRUCTION: u32 = 100;
 
 fn index_name(collection_id: &str) -> String {

@@ -10,7 +10,6 @@ mod exact;
 pub mod filter;
 pub mod model;
 mod pg;
-pub use pg::{HNSW_EF_CONSTRUCTION, HNSW_M};
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -29,6 +28,7 @@ pub use model::{
     SearchRequest,
 };
 use model::{CollectionName, Dimension};
+pub use pg::{HNSW_EF_CONSTRUCTION, HNSW_M};
 
 /// How long a replica trusts its cached view of a collection (another
 /// replica may drop and re-create it).

@@ -86,10 +86,7 @@ impl Outcome {
         self.cpu += other.cpu;
         for (label, usage) in other.process_usage {
             match self.process_usage.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, total)) => {
-                    total.cpu += usage.cpu;
-                    total.switches += usage.switches;
-                }
+                Some((_, total)) => *total += usage,
                 None => self.process_usage.push((label, usage)),
             }
         }
@@ -263,16 +260,7 @@ impl<'a> CpuMeter<'a> {
         self.processes
             .iter()
             .zip(self.before)
-            .map(|((label, p), before)| {
-                let now = p.usage();
-                (
-                    *label,
-                    Usage {
-                        cpu: now.cpu.saturating_sub(before.cpu),
-                        switches: now.switches.saturating_sub(before.switches),
-                    },
-                )
-            })
+            .map(|((label, p), before)| (*label, p.usage().since(before)))
             .collect()
     }
 }
@@ -283,6 +271,23 @@ impl<'a> CpuMeter<'a> {
 pub struct Usage {
     pub cpu: Duration,
     pub switches: u64,
+}
+
+impl Usage {
+    /// What was used between `before` and `self`.
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu.saturating_sub(before.cpu),
+            switches: self.switches.saturating_sub(before.switches),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.cpu += other.cpu;
+        self.switches += other.switches;
+    }
 }
 
 /// A process whose CPU time a load accounts.

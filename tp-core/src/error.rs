@@ -264,9 +264,16 @@ impl From<diesel::result::Error> for Error {
                 Some(Duration::from_secs(1)),
             )
             .with_log(info.message()),
+            D::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => busy(info.message()),
             other => {
-                // tokio-postgres reports a dead socket as an unknown database error.
                 let text = other.to_string();
+                // SQLite's SQLITE_BUSY and SQLITE_LOCKED: another writer held
+                // the lock past the busy timeout.
+                if text.contains("database is locked") || text.contains("database table is locked")
+                {
+                    return busy(&text);
+                }
+                // tokio-postgres reports a dead socket as an unknown database error.
                 if is_connection_failure(&text) {
                     Error::unavailable(
                         "database_unavailable",
@@ -280,6 +287,16 @@ impl From<diesel::result::Error> for Error {
             }
         }
     }
+}
+
+/// Another transaction held what this one needed for longer than the database waits.
+fn busy(detail: &str) -> Error {
+    Error::unavailable(
+        "database_busy",
+        "the database is busy; retry shortly",
+        Some(Duration::from_secs(1)),
+    )
+    .with_log(detail)
 }
 
 /// Whether a database error text describes a lost connection rather than a bad query.

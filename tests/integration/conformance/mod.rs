@@ -5,6 +5,7 @@
 //! is done.
 
 mod auth;
+mod contention;
 mod vectors;
 
 use std::collections::BTreeMap;
@@ -52,7 +53,7 @@ pub async fn plane_with(url: &str, extra: &[(&str, &str)]) -> Arc<TenantPlane> {
 macro_rules! backend_suite {
     ($backend:ident, $make:path) => {
         mod $backend {
-            use super::{auth, vectors};
+            use super::{auth, contention, vectors};
 
             macro_rules! case {
                 ($module:ident :: $name:ident) => {
@@ -78,6 +79,7 @@ macro_rules! backend_suite {
             case!(auth::logout_and_termination_end_sessions);
             case!(auth::disabling_a_user_ends_every_session);
             case!(auth::api_keys_verify_until_revoked);
+            case!(contention::concurrent_writes_are_acknowledged_and_kept);
         }
     };
 }

@@ -3,13 +3,13 @@
 use std::time::Instant;
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 
 use super::revocation::{Revocation, key_subject};
 use super::{Auth, KEY_CACHE_TTL, Principal, Role, digest, random_token};
 use crate::db::schema::{api_keys, revocations};
-use crate::db::with_conn;
+use crate::db::{WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
 
@@ -174,7 +174,7 @@ impl Auth {
                 + i64::try_from(self.revocation_lifetime().as_millis()).unwrap_or(i64::MAX / 2),
         };
         let found: usize = with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 let found = diesel::update(api_keys::table.find(id))
                     .set(api_keys::revoked_at.eq(now))
                     .execute(c)

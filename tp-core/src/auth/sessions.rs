@@ -2,14 +2,14 @@
 //! forced termination.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde::Serialize;
 
 use super::revocation::{Revocation, session_subject};
 use super::users::UserRow;
 use super::{Auth, Principal, Role, digest, password, random_token};
 use crate::db::schema::{refresh_tokens, revocations, sessions, users};
-use crate::db::with_conn;
+use crate::db::{WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
 
@@ -151,7 +151,7 @@ impl Auth {
         let ip = clip(meta.ip, 64);
         let agent = clip(meta.user_agent, 256);
         with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 diesel::insert_into(sessions::table)
                     .values((
                         sessions::id.eq(&session_id),
@@ -215,7 +215,7 @@ impl Auth {
             Refused,
         }
         let outcome: Outcome = with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 let found: Option<(String, Option<i64>)> = refresh_tokens::table
                     .find(&hash)
                     .select((refresh_tokens::session_id, refresh_tokens::used_at))
@@ -345,7 +345,7 @@ impl Auth {
                 + i64::try_from(self.revocation_lifetime().as_millis()).unwrap_or(i64::MAX / 2),
         };
         let found: bool = with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 let exists: i64 = sessions::table
                     .filter(sessions::id.eq(session_id))
                     .count()

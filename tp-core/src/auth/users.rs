@@ -1,13 +1,13 @@
 //! User accounts.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 
 use super::revocation::{Revocation, session_subject};
 use super::{Auth, Role, password};
 use crate::db::schema::{revocations, sessions, users};
-use crate::db::with_conn;
+use crate::db::{WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
 
@@ -202,7 +202,7 @@ impl Auth {
             now + i64::try_from(self.revocation_lifetime().as_millis()).unwrap_or(i64::MAX / 2);
         let role = update.role.map(Role::as_str);
         let (row, revoked): (Option<UserRow>, Vec<Revocation>) = with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 let found = diesel::update(users::table.find(id))
                     .set(users::updated_at.eq(now))
                     .execute(c)

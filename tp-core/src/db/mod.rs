@@ -9,6 +9,7 @@ mod pg;
 mod pool;
 pub(crate) mod schema;
 mod sqlite;
+mod transaction;
 pub mod vector_sql;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::config::{DatabaseConfig, DatabaseUrl};
 use crate::error::{Error, Result};
 pub(crate) use pool::Tracked;
 use pool::{ConnectSignals, Manager};
+pub(crate) use transaction::WriteTransaction;
 
 /// Runs `$body` with `$conn` bound to a checked-out connection of either backend.
 ///

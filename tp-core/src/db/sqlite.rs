@@ -141,4 +141,71 @@ mod tests {
         drop((conn, migrator, writer));
         let _ = fs::remove_dir_all(&dir);
     }
+
+    fn fresh_file() -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tp-sqlite-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("plane.db");
+        ensure_parent(&path).unwrap();
+        (dir, path)
+    }
+
+    async fn insert_after_read(conn: &mut SqliteConn, x: i32) -> Result<()> {
+        use crate::db::WriteTransaction;
+        conn.write_transaction(async |c| {
+            // Read first, then write: the shape that never got the busy
+            // timeout in a deferred transaction.
+            diesel::sql_query("SELECT count(*) FROM t")
+                .execute(c)
+                .await?;
+            diesel::sql_query(format!("INSERT INTO t VALUES ({x})"))
+                .execute(c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_write_transaction_waits_for_another_writer() {
+        let (dir, path) = fresh_file();
+        let connector = SqliteConnector::new(&path, Duration::from_secs(5));
+        let mut setup = connector.open_sync().unwrap();
+        setup.batch_execute("CREATE TABLE t (x INTEGER)").unwrap();
+        let mut conn = connector.connect().await.unwrap();
+        // Another connection writes and commits a moment later.
+        let writer = std::thread::spawn(move || {
+            setup
+                .batch_execute("BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            setup.batch_execute("COMMIT").unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        insert_after_read(&mut conn, 2)
+            .await
+            .expect("waits for the lock instead of failing");
+        writer.join().unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_lock_held_past_the_busy_timeout_is_a_retryable_busy() {
+        let (dir, path) = fresh_file();
+        let connector = SqliteConnector::new(&path, Duration::from_millis(100));
+        let mut holder = connector.open_sync().unwrap();
+        holder
+            .batch_execute("CREATE TABLE t (x INTEGER); BEGIN IMMEDIATE; INSERT INTO t VALUES (1);")
+            .unwrap();
+        let mut conn = connector.connect().await.unwrap();
+        let refused = insert_after_read(&mut conn, 2).await.unwrap_err();
+        assert_eq!(
+            (refused.kind(), refused.code()),
+            (crate::ErrorKind::Unavailable, "database_busy")
+        );
+        holder.batch_execute("COMMIT").unwrap();
+        insert_after_read(&mut conn, 3)
+            .await
+            .expect("the connection is usable again");
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

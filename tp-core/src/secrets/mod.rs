@@ -18,7 +18,7 @@ mod cipher;
 use std::sync::Arc;
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use secrecy::zeroize::Zeroizing;
 use serde::Serialize;
 
@@ -26,7 +26,7 @@ pub use cipher::{FORMAT_V1, KEY_ID_LEN, Keyring, NONCE_LEN, Sealed, key_id};
 
 use crate::config::EncryptionConfig;
 use crate::db::schema::{audit_log, secrets};
-use crate::db::{Database, with_conn};
+use crate::db::{Database, WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
 
@@ -198,7 +198,7 @@ impl Secrets {
             target: name,
         };
         let row: MetaRow = with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 let row = diesel::insert_into(secrets::table)
                     .values((
                         secrets::name.eq(name),
@@ -327,7 +327,7 @@ impl Secrets {
             target: name,
         };
         with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 let deleted = diesel::delete(secrets::table.find(name)).execute(c).await?;
                 if deleted == 0 {
                     return Err(not_found(name));
@@ -453,7 +453,7 @@ impl Secrets {
                 target: name,
             };
             let swapped: usize = with_conn!(&self.db, |conn| {
-                conn.transaction::<_, Error, _>(async |c| {
+                conn.write_transaction(async |c| {
                     let swapped = diesel::update(
                         secrets::table
                             .filter(secrets::name.eq(name))

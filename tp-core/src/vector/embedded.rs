@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 use super::exact::ExactIndex;
 use super::model::{Collection, Document, NewDocument, Search, SearchHit};
-use crate::db::{Database, with_conn};
+use crate::db::{Database, WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::now_ms;
 
@@ -129,7 +129,7 @@ impl Indexes {
             sqlite | conn | {
                 // diesel has no batch upsert for SQLite; one prepared statement
                 // per row inside the transaction is still all or nothing.
-                conn.transaction::<_, Error, _>(async |c| {
+                conn.write_transaction(async |c| {
                     let mut written = 0;
                     for row in &rows {
                         written += diesel::insert_into(documents::table)

@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use crate::db::schema::collections;
-use crate::db::{Database, with_conn};
+use crate::db::{Database, WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
 pub use model::{
@@ -99,7 +99,7 @@ impl Vectors {
             .then(|| pg::create_index_sql(&id, dimension.get(), new.metric));
         let dim = i32::try_from(dimension.get()).unwrap_or_default();
         let result: Result<()> = with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 diesel::insert_into(collections::table)
                     .values((
                         collections::id.eq(&id),
@@ -179,7 +179,7 @@ impl Vectors {
             .then(|| pg::drop_index_sql(&collection.id));
         let id = collection.id.clone();
         with_conn!(&self.db, |conn| {
-            conn.transaction::<_, Error, _>(async |c| {
+            conn.write_transaction(async |c| {
                 diesel::sql_query("DELETE FROM documents WHERE collection_id = $1")
                     .bind::<diesel::sql_types::Text, _>(&id)
                     .execute(c)

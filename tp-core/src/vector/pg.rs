@@ -4,13 +4,13 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, Double, Jsonb, Nullable, Text};
 use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 use super::filter::SqlBind;
 use super::model::{Collection, Document, Metric, NewDocument, Search, SearchHit};
 use crate::db::vector_sql::{PgVector, Vector, VectorBind};
-use crate::db::{Database, with_conn};
+use crate::db::{Database, WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::now_ms;
 
@@ -395,7 +395,7 @@ pub(super) async fn search(
                 (None, false) => Ok(unfiltered().load::<HitRow>(conn).await?),
                 (None, true) => Ok(query().load::<HitRow>(conn).await?),
                 (Some(ef), filtered) => {
-                    conn.transaction::<_, Error, _>(async |c| {
+                    conn.write_transaction(async |c| {
                         diesel::sql_query(format!("SET LOCAL hnsw.ef_search = {ef}"))
                             .execute(c)
                             .await?;

@@ -524,3 +524,60 @@ pub async fn search_input_is_validated(plane: &TenantPlane) {
     };
     assert!(v.search("val", ef).await.unwrap().is_empty());
 }
+
+pub async fn large_values_give_finite_scores_or_a_clear_refusal(plane: &TenantPlane) {
+    use tp_core::vector::MAX_COMPONENT;
+    let v = plane.vectors();
+    for metric in [Metric::L2, Metric::Cosine, Metric::InnerProduct] {
+        let name = format!("big-{}", metric.as_str().replace('_', "-"));
+        v.create_collection(new(&name, 3, metric)).await.unwrap();
+        // The largest legal values: every distance is still a finite number.
+        let top = MAX_COMPONENT;
+        v.upsert(
+            &name,
+            vec![
+                doc("far", &[top, -top, top], json!({})),
+                doc("near", &[1.0, 2.0, 3.0], json!({})),
+            ],
+        )
+        .await
+        .unwrap();
+        for q in [[-top, top, -top], [1.0, 2.0, 3.0]] {
+            let hits = v.search(&name, query(&q, 2)).await.unwrap();
+            assert_eq!(hits.len(), 2, "{name}");
+            for hit in &hits {
+                assert!(
+                    hit.score.is_finite() && hit.distance.is_finite(),
+                    "{name}: {} scored {} at distance {}",
+                    hit.id,
+                    hit.score,
+                    hit.distance
+                );
+            }
+            assert!(hits[0].score >= hits[1].score, "{name}: best first");
+        }
+        // Beyond the bound, in a document or a query: refused, nothing written.
+        let beyond = [1e20_f32, 0.0, 1.0];
+        let refused = v
+            .upsert(&name, vec![doc("huge", &beyond, json!({}))])
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), "invalid_vector", "{name}");
+        let refused = v.search(&name, query(&beyond, 2)).await.unwrap_err();
+        assert_eq!(refused.code(), "invalid_vector", "{name}");
+        assert_eq!(
+            v.get_collection(&name).await.unwrap().document_count,
+            Some(2)
+        );
+    }
+    // Too close to zero to have a direction: refused for cosine only.
+    let tiny = [1e-30_f32, 1e-30, 1e-30];
+    let refused = v
+        .upsert("big-cosine", vec![doc("tiny", &tiny, json!({}))])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "invalid_vector");
+    v.upsert("big-l2", vec![doc("tiny", &tiny, json!({}))])
+        .await
+        .unwrap();
+}

@@ -24,8 +24,8 @@ use crate::db::{Database, WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
 pub use model::{
-    Collection, DEFAULT_EF_SEARCH, Document, Metric, NewCollection, NewDocument, SearchHit,
-    SearchRequest,
+    Collection, DEFAULT_EF_SEARCH, Document, MAX_COMPONENT, Metric, NewCollection, NewDocument,
+    SearchHit, SearchRequest,
 };
 use model::{CollectionName, Dimension};
 pub use pg::{HNSW_EF_CONSTRUCTION, HNSW_M};

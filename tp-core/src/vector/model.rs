@@ -25,6 +25,11 @@ pub const MAX_CONTENT_BYTES: usize = 1024 * 1024;
 pub const MAX_ID_BYTES: usize = 256;
 /// `ef_search` when a request gives none.
 pub const DEFAULT_EF_SEARCH: u16 = 40;
+/// Largest magnitude of one vector component. Both backends compute
+/// distances in `f32` (pgvector does, and the embedded index matches it);
+/// with this bound no sum of squares over [`MAX_DIMENSION`] components can
+/// overflow, so no score is ever infinite or `null`.
+pub const MAX_COMPONENT: f32 = 1e15;
 
 /// How vectors are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -297,10 +302,21 @@ pub fn check_vector(vector: &[f32], collection: &Collection, what: &str) -> Resu
             format!("{what} has a non-finite value (NaN or infinity) at index {i}"),
         ));
     }
-    if collection.metric == Metric::Cosine && vector.iter().all(|v| *v == 0.0) {
+    if let Some(i) = vector.iter().position(|v| v.abs() > MAX_COMPONENT) {
         return Err(Error::invalid(
             "invalid_vector",
-            format!("{what} is all zeros, which has no direction for cosine similarity"),
+            format!("{what} has a value beyond ±{MAX_COMPONENT:e} at index {i}"),
+        ));
+    }
+    // The squared norm as pgvector computes it: zero or below f32's normal
+    // range leaves cosine without a direction (its distance would be NaN).
+    let squared_norm: f32 = vector.iter().map(|v| v * v).sum();
+    if collection.metric == Metric::Cosine && squared_norm < f32::MIN_POSITIVE {
+        return Err(Error::invalid(
+            "invalid_vector",
+            format!(
+                "{what} is all zeros or too close to zero to have a direction for cosine similarity"
+            ),
         ));
     }
     Ok(())

@@ -39,6 +39,15 @@ async fn metrics_cover_requests_pool_revocations_and_limits() {
             .status,
         404
     );
+    // Made-up methods from anyone: one bounded label, not one series each.
+    for n in 0..40 {
+        let method = Method::from_bytes(format!("PROBE{n}").as_bytes()).unwrap();
+        let reply = Client::new()
+            .send(method, &replica.url("/api/health"), &[], None)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 405);
+    }
     let reply = Client::new().get(&replica.url("/metrics"), None).await;
     assert_eq!(reply.status, 200);
     assert!(
@@ -72,6 +81,18 @@ async fn metrics_cover_requests_pool_revocations_and_limits() {
     assert_eq!(
         metric(&text, "http_server_requests_total", &missing),
         Some(1.0)
+    );
+    assert!(
+        !text.contains("PROBE"),
+        "a method named by a client is no label"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "http_server_requests_total",
+            &["http_request_method=\"_OTHER\""]
+        ),
+        Some(40.0)
     );
     assert!(metric(&text, "tp_db_pool_connections", &["state=\"idle\""]).is_some());
     assert!(metric(&text, "tp_db_pool_waiting", &[]).is_some());

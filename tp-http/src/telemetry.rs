@@ -109,7 +109,9 @@ impl Metrics {
     }
 }
 
-/// A method's name, without an allocation for the standard ones.
+/// A method's name from a closed set, so clients cannot mint label values:
+/// any method HTTP does not define is `_OTHER`, as OpenTelemetry's HTTP
+/// conventions say.
 fn method_name(method: &Method) -> opentelemetry::Value {
     let name = match *method {
         Method::GET => "GET",
@@ -119,7 +121,9 @@ fn method_name(method: &Method) -> opentelemetry::Value {
         Method::PATCH => "PATCH",
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
-        _ => return method.as_str().to_owned().into(),
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
     };
     name.into()
 }

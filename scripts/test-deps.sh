@@ -6,6 +6,9 @@
 #   * the Helm engine, driven from Python (PyPI `helm-python-sdk`) + PyYAML
 #   * redis-server                      (Debian package `redis-server`)
 #   * nginx                             (Debian package `nginx-light`)
+#   * PostgreSQL 15 built with TLS       (Debian package `postgresql-15`; the
+#                                        pgvector wheel has no SSL)
+#   * pgbouncer                         (Debian package `pgbouncer`, with TLS)
 #
 # and smoke-tests each of them for real (PostgreSQL + pgvector HNSW query, an
 # unprivileged nginx answering one request, Helm render + lint, redis --version).
@@ -13,7 +16,7 @@
 # Results go to `.test-env/` in the repository (git-ignored):
 #   .test-env/env.sh   `source` it before `cargo test`; exports TP_TEST_PG_BIN,
 #                      TP_TEST_REDIS_SERVER, TP_TEST_NGINX, TP_TEST_PYTHON,
-#                      TP_TEST_PG_USER
+#                      TP_TEST_PG_USER, TP_TEST_PG_TLS_BIN, TP_TEST_PGBOUNCER
 #   .test-env/py       the Python venv (a symlink to /opt/tp-test-env/py as root)
 #
 # Idempotent: a second run skips every install and only re-runs the smoke
@@ -326,14 +329,23 @@ stop_started_service() {
     update-rc.d "$svc" disable >/dev/null 2>&1 || true
 }
 
+readonly PG_TLS_BIN=/usr/lib/postgresql/15/bin
 ensure_system_packages() {
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     # nginx lives in /usr/sbin, which a non-root PATH may lack.
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+    [[ -x $PG_TLS_BIN/postgres ]] || missing+=(postgresql-15)
+    command -v pgbouncer >/dev/null || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        log "redis-server and nginx already installed"
+        log "redis-server, nginx, postgresql-15 and pgbouncer already installed"
         return 0
+    fi
+    # Debian's postgresql-common would create and start a system cluster
+    # on port 5432: the tests start their own.
+    if [[ " ${missing[*]} " == *" postgresql-15 "* && ! -e /etc/postgresql-common/createcluster.conf ]]; then
+        mkdir -p /etc/postgresql-common
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
     fi
     apt_install "${missing[@]}"
     local pkg
@@ -341,6 +353,7 @@ ensure_system_packages() {
         case $pkg in
             redis-server) stop_started_service redis-server /run/redis/redis-server.pid ;;
             nginx-light)  stop_started_service nginx /run/nginx.pid ;;
+            pgbouncer)    stop_started_service pgbouncer /run/postgresql/pgbouncer.pid ;;
         esac
     done
 }
@@ -351,6 +364,10 @@ locate_system_binaries() {
     NGINX="$(command -v nginx || true)"
     [[ -n $NGINX ]] || NGINX=/usr/sbin/nginx
     [[ -x $NGINX ]] || die "nginx not found after install"
+    [[ -x $PG_TLS_BIN/postgres && -x $PG_TLS_BIN/psql ]] \
+        || die "PostgreSQL 15 not found in $PG_TLS_BIN after install"
+    PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
+    [[ -x $PGBOUNCER ]] || die "pgbouncer not found after install"
     # No realpath: Debian's redis-server is a symlink to redis-check-rdb,
     # which picks its personality from argv[0].
 }
@@ -575,6 +592,8 @@ write_env_sh() {
         printf 'export TP_TEST_NGINX=%q\n' "$NGINX"
         printf 'export TP_TEST_PYTHON=%q\n' "$PYTHON"
         printf 'export TP_TEST_PG_USER=%q\n' "$UNPRIV_USER"
+        printf 'export TP_TEST_PG_TLS_BIN=%q\n' "$PG_TLS_BIN"
+        printf 'export TP_TEST_PGBOUNCER=%q\n' "$PGBOUNCER"
     } >"$tmp"
     mv -f -- "$tmp" "$OUT_DIR/env.sh"
 }
@@ -585,6 +604,7 @@ print_summary() {
   PostgreSQL  $PG_VERSION   pgvector $PGVECTOR_VERSION   ($PG_BIN)
   redis       $REDIS_VERSION   ($REDIS_SERVER)
   nginx       $NGINX_VERSION   ($NGINX)
+  TLS servers PostgreSQL $("$PG_TLS_BIN/postgres" --version | awk '{print $3}')   pgbouncer $("$PGBOUNCER" --version | sed -n '1s/.* //p')
   python      $("$PYTHON" -c 'import platform; print(platform.python_version())')   ($PYTHON)
   helm SDK    $HELM_VERSION
   servers run as: ${UNPRIV_USER:-$(id -un)}

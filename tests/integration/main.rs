@@ -13,6 +13,7 @@ mod ratelimit;
 mod recall;
 mod revocation;
 mod secrets;
+mod tls;
 mod tokens;
 mod transfer;
 mod vectors_http;

@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 pub struct TestEnv {
     /// PostgreSQL + pgvector `bin` directory.
     pub pg_bin: PathBuf,
+    /// `bin` directory of a PostgreSQL built with TLS (Debian's 15).
+    pub pg_tls_bin: PathBuf,
     /// User to run PostgreSQL as (when the tests run as root).
     pub pg_user: Option<String>,
     /// `redis-server` binary.
@@ -29,6 +31,7 @@ pub fn get() -> &'static TestEnv {
         };
         TestEnv {
             pg_bin: var("TP_TEST_PG_BIN").into(),
+            pg_tls_bin: var("TP_TEST_PG_TLS_BIN").into(),
             pg_user: Some(var("TP_TEST_PG_USER")).filter(|u| !u.is_empty()),
             redis_server: var("TP_TEST_REDIS_SERVER").into(),
             nginx: var("TP_TEST_NGINX").into(),

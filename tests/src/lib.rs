@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod replica;
+pub mod tls;
 
 pub use client::{Client, Reply};
 pub use postgres::PgCluster;

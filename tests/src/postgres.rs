@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use crate::{env, free_port, temp_dir};
 
+/// The password role of [`PgCluster::start_tls`] clusters.
+pub const TLS_USER: &str = "app";
+/// Its password.
+pub const TLS_PASSWORD: &str = "app-secret-pw-7f3a";
+
 /// One PostgreSQL server with its own data directory.
 pub struct PgCluster {
     /// TCP port on 127.0.0.1.
@@ -19,6 +24,8 @@ pub struct PgCluster {
     keep: bool,
     /// Extra `-c` settings for the server.
     extra: String,
+    /// The `bin` directory of the PostgreSQL build that runs it.
+    bin: PathBuf,
 }
 
 impl PgCluster {
@@ -79,6 +86,55 @@ impl PgCluster {
         cluster
     }
 
+    /// A cluster of Debian's PostgreSQL 15, built with TLS (the pgvector
+    /// build is not): `hostssl` only for every role but the harness's
+    /// `postgres`, password (scram) for [`TLS_USER`] and certificate
+    /// authentication for the PKI's client name.
+    pub fn start_tls(name: &str) -> (PgCluster, crate::tls::TestPki) {
+        let mut cluster = Self::empty(name);
+        cluster.bin = env::get().pg_tls_bin.clone();
+        let pki = crate::tls::TestPki::generate(&cluster.root, cluster.owner);
+        cluster.run_ok(
+            cluster.pg("initdb").args([
+                "-D",
+                &cluster.data().to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]),
+            "initdb",
+        );
+        let hba = format!(
+            "local all all trust\n\
+             hostssl all {cn} 127.0.0.1/32 cert\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n",
+            cn = pki.client_cn
+        );
+        std::fs::write(cluster.data().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        cluster.extra = format!(
+            "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c ssl_ca_file={}",
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        );
+        cluster.start_server();
+        cluster.psql(
+            "postgres",
+            &format!("CREATE ROLE {TLS_USER} LOGIN PASSWORD '{TLS_PASSWORD}'"),
+        );
+        cluster.psql("postgres", &format!("CREATE ROLE {} LOGIN", pki.client_cn));
+        cluster.psql("postgres", &format!("CREATE DATABASE tp OWNER {TLS_USER}"));
+        cluster.psql(
+            "tp",
+            &format!("GRANT ALL ON SCHEMA public TO {}", pki.client_cn),
+        );
+        (cluster, pki)
+    }
+
     fn empty(name: &str) -> PgCluster {
         let root = temp_dir(&format!("pg-{name}"));
         let owner = env::get().pg_user.as_deref().map(user_ids);
@@ -91,6 +147,7 @@ impl PgCluster {
             owner,
             keep: false,
             extra: String::new(),
+            bin: env::get().pg_bin.clone(),
         }
     }
 
@@ -104,7 +161,7 @@ impl PgCluster {
     }
 
     fn pg(&self, program: &str) -> Command {
-        let mut cmd = Command::new(env::get().pg_bin.join(program));
+        let mut cmd = Command::new(self.bin.join(program));
         cmd.env_clear()
             .env("PATH", "/usr/bin:/bin")
             .env("LC_ALL", "C")
@@ -253,6 +310,14 @@ impl PgCluster {
         &self.root
     }
 
+    /// Keeps the server running until this test process exits, for a
+    /// cluster held in a `static` (which is never dropped).
+    pub fn until_exit(mut self) -> PgCluster {
+        self.keep = true;
+        self.stop_after_exit();
+        self
+    }
+
     /// Starts a detached watcher that stops the server (immediate
     /// shutdown) and removes the cluster's directory after this process
     /// has exited.
@@ -300,14 +365,9 @@ impl Drop for PgCluster {
 /// The cluster shared by tests that need only a database of their own.
 pub fn shared() -> &'static PgCluster {
     static SHARED: OnceLock<PgCluster> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let mut cluster = PgCluster::start("shared");
-        // A `static` is never dropped: a watcher stops the server and
-        // removes its files once this process has exited.
-        cluster.keep = true;
-        cluster.stop_after_exit();
-        cluster
-    })
+    // A `static` is never dropped: a watcher stops the server and removes
+    // its files once this process has exited.
+    SHARED.get_or_init(|| PgCluster::start("shared").until_exit())
 }
 
 /// The database name of a `postgresql://…/<name>[?…]` URL.

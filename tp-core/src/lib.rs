@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod redis;
 pub mod secrets;
 pub mod time;
+pub mod tls;
 pub mod vector;
 
 pub use config::Config;

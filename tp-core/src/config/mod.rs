@@ -486,7 +486,8 @@ fn validate_tenant_id(id: &str) -> Result<(), ConfigError> {
 
 fn parse_database_url(raw: &str) -> Result<DatabaseUrl, ConfigError> {
     if raw.starts_with("postgresql://") || raw.starts_with("postgres://") {
-        if let Err(e) = raw.parse::<tokio_postgres::Config>() {
+        // Parsed in full, TLS files included, so a bad one stops the start.
+        if let Err(e) = crate::db::pg_url::parse(raw) {
             return Err(ConfigError::new(
                 vars::DATABASE_URL,
                 format!("is not a valid PostgreSQL URL: {e}"),

@@ -6,6 +6,7 @@
 
 mod migrate;
 mod pg;
+pub(crate) mod pg_url;
 mod pool;
 pub(crate) mod schema;
 mod sqlite;
@@ -234,6 +235,11 @@ impl Database {
                 migrations_pending: false,
                 error: Some(match &e {
                     Error::Internal { detail } => detail.clone(),
+                    // The connect error itself: authentication, TLS, DNS, …
+                    _ if e.code() == "database_unavailable" => self
+                        .signals
+                        .last_error()
+                        .map_or_else(|| e.to_string(), |(_, reason)| reason),
                     other => other.to_string(),
                 }),
             },

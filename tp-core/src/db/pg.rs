@@ -1,11 +1,14 @@
-//! PostgreSQL connections: timeouts and keepalives from the configuration,
-//! session settings for pgvector, no TLS library in the build.
+//! PostgreSQL connections: TLS with libpq's `sslmode` semantics (rustls),
+//! timeouts and keepalives from the configuration, session settings for
+//! pgvector, and connect errors that say why.
 
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::pg_url;
 use super::pool::Connector;
 use crate::config::{ConfigError, DatabaseConfig, vars};
 use crate::error::{Error, Result};
@@ -13,15 +16,24 @@ use crate::error::{Error, Result};
 /// Opens PostgreSQL connections with the replica's settings.
 pub(crate) struct PgConnector {
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     session_sql: String,
     connect_timeout: Duration,
 }
 
 impl PgConnector {
     pub(crate) fn new(url: &SecretString, db: &DatabaseConfig) -> Result<Self> {
-        let mut config: tokio_postgres::Config = url.expose_secret().parse().map_err(|e| {
-            Error::internal(ConfigError::new(vars::DATABASE_URL, format!("{e}")).to_string())
-        })?;
+        let target = pg_url::parse(url.expose_secret())
+            .map_err(|e| Error::internal(ConfigError::new(vars::DATABASE_URL, e).to_string()))?;
+        if target.unverified() {
+            tracing::warn!(
+                sslmode = ?target.mode,
+                "PostgreSQL connections are encrypted when the server offers TLS, but the server's \
+                 certificate is not verified; set sslmode=verify-full and sslrootcert to verify it"
+            );
+        }
+        let tls = target.tls;
+        let mut config = target.config;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(db.connect_timeout);
         }
@@ -46,6 +58,7 @@ impl PgConnector {
         );
         Ok(Self {
             config,
+            tls,
             session_sql,
             connect_timeout: db.connect_timeout,
         })
@@ -72,9 +85,9 @@ impl Connector for PgConnector {
         let attempt = async {
             let (client, connection) = self
                 .config
-                .connect(tokio_postgres::NoTls)
+                .connect(self.tls.clone())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| describe_connect_error(&e, &self.config))?;
             let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -91,5 +104,65 @@ impl Connector for PgConnector {
                     self.connect_timeout.as_millis()
                 )
             })?
+    }
+}
+
+/// Where a connection goes, for messages: `host:port`, or several of them.
+fn target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Says why connecting failed, in the operator's terms: the server's own
+/// reason (authentication, unknown database, TLS required), a refused or
+/// unresolvable address, or the certificate check that failed. Never the
+/// password: tokio-postgres does not put it in errors, and neither do we.
+pub(crate) fn describe_connect_error(
+    error: &tokio_postgres::Error,
+    config: &tokio_postgres::Config,
+) -> String {
+    let at = target(config);
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{} (SQLSTATE {}) at {at}", db.message(), db.code().code());
+        if db.message().contains("no encryption") {
+            text.push_str("; the server requires TLS: set sslmode=require or stricter");
+        }
+        return text;
+    }
+    if let Some(tls) = crate::tls::describe_handshake_error(error) {
+        return format!("{tls} at {at}");
+    }
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        chain.push_str(": ");
+        chain.push_str(&e.to_string());
+        source = e.source();
+    }
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        format!("connection refused at {at}")
+    } else if lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+        || lower.contains("no address associated")
+    {
+        format!("DNS name not found: {at} ({chain})")
+    } else if lower.contains("server does not support tls") {
+        format!("the server does not offer TLS at {at}, and sslmode requires it")
+    } else {
+        format!("{chain} (at {at})")
     }
 }

@@ -10,22 +10,59 @@ use crate::{env, free_port, temp_dir};
 
 /// A redis-server child process.
 pub struct RedisServer {
-    /// TCP port on 127.0.0.1.
+    /// TCP port on 127.0.0.1 (plaintext; the harness's own port on a TLS server).
     pub port: u16,
+    /// The TLS port, on servers started with [`start_tls`](Self::start_tls).
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new(), None)
+    }
+
+    /// A server that also serves TLS with the PKI's server certificate
+    /// (`localhost`), asking clients for a certificate when `client_certs`.
+    pub fn start_tls(pki: &crate::tls::TestPki, client_certs: bool) -> RedisServer {
+        let tls_port = free_port();
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let extra = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(&pki.server_cert),
+            "--tls-key-file".into(),
+            path(&pki.server_key),
+            "--tls-ca-cert-file".into(),
+            path(&pki.ca),
+            "--tls-auth-clients".into(),
+            if client_certs { "yes" } else { "no" }.into(),
+        ];
+        Self::start_with(extra, Some(tls_port))
+    }
+
+    fn start_with(extra: Vec<String>, tls_port: Option<u16>) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
+            tls_port,
             dir: temp_dir("redis"),
             child: None,
+            extra,
         };
         server.restart();
         server
+    }
+
+    /// `rediss://localhost:<tls port>`.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://localhost:{}",
+            self.tls_port.expect("a TLS server")
+        )
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -51,6 +88,7 @@ impl RedisServer {
                 "--pidfile",
                 &self.dir.join("redis.pid").to_string_lossy(),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -130,8 +130,10 @@ pub struct DatabaseConfig {
 
 /// Redis settings.
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
+    /// `redis[s]://`, `redis[s]-sentinel://` or `redis[s]-cluster://` URL.
     pub url: SecretString,
+    /// CA and client certificate files for a TLS URL.
+    pub tls_files: crate::redis::RedisTlsFiles,
     /// Bound on each command; past it the plane falls back to local state.
     pub command_timeout: Duration,
 }
@@ -140,6 +142,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(self.url.expose_secret()))
+            .field("tls_files", &self.tls_files)
             .field("command_timeout", &self.command_timeout)
             .finish()
     }
@@ -318,14 +321,12 @@ impl Config {
 
         let redis = optional(env, vars::REDIS_URL)
             .map(|url| -> Result<RedisConfig, ConfigError> {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(ConfigError::new(
-                        vars::REDIS_URL,
-                        "must start with redis:// or rediss://",
-                    ));
-                }
+                let tls_files = redis_tls_files(env)?;
+                // Parsed in full, TLS files included, so a bad one stops the start.
+                crate::redis::check_target(&url, &tls_files)?;
                 Ok(RedisConfig {
                     url: url.into(),
+                    tls_files,
                     command_timeout: millis(env, vars::REDIS_TIMEOUT, 250, 10, 60_000)?,
                 })
             })
@@ -482,6 +483,30 @@ fn validate_tenant_id(id: &str) -> Result<(), ConfigError> {
             "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
         ))
     }
+}
+
+fn redis_tls_files(env: &dyn EnvSource) -> Result<crate::redis::RedisTlsFiles, ConfigError> {
+    let file = |var| parse::optional(env, var).map(PathBuf::from);
+    let client = match (file(vars::REDIS_CERT_FILE), file(vars::REDIS_KEY_FILE)) {
+        (Some(cert), Some(key)) => Some(crate::tls::ClientIdentity { cert, key }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                vars::REDIS_KEY_FILE,
+                "is required with TP_REDIS_CERT_FILE",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                vars::REDIS_CERT_FILE,
+                "is required with TP_REDIS_KEY_FILE",
+            ));
+        }
+    };
+    Ok(crate::redis::RedisTlsFiles {
+        ca_file: file(vars::REDIS_CA_FILE),
+        client,
+    })
 }
 
 fn parse_database_url(raw: &str) -> Result<DatabaseUrl, ConfigError> {

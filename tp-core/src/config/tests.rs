@@ -71,7 +71,32 @@ fn bad_values_name_the_variable() {
         ),
         (
             &[(vars::REDIS_URL, "http://x")],
-            "REDIS_URL: must start with redis://",
+            "REDIS_URL: unknown scheme \"http\"",
+        ),
+        (
+            &[(vars::REDIS_URL, "cache:6379")],
+            "REDIS_URL: must start with",
+        ),
+        (
+            &[
+                (vars::REDIS_URL, "rediss://cache"),
+                (vars::REDIS_CA_FILE, "/nonexistent/ca.pem"),
+            ],
+            "TP_REDIS_CA_FILE: /nonexistent/ca.pem",
+        ),
+        (
+            &[
+                (vars::REDIS_URL, "redis://cache"),
+                (vars::REDIS_CA_FILE, "/etc/ca.pem"),
+            ],
+            "TP_REDIS_CA_FILE: is set, but REDIS_URL is not a TLS URL",
+        ),
+        (
+            &[
+                (vars::REDIS_URL, "rediss://cache"),
+                (vars::REDIS_CERT_FILE, "/etc/client.pem"),
+            ],
+            "TP_REDIS_KEY_FILE: is required",
         ),
         (&[(vars::TENANT_ID, "a b")], "TENANT_ID: must be 1 to 64"),
         (

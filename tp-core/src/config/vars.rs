@@ -17,6 +17,12 @@ pub const ENCRYPTION_KEY_PREVIOUS: &str = "TP_ENCRYPTION_KEY_PREVIOUS";
 pub const DATABASE_URL: &str = "TENANT_PLANE_DATABASE_URL";
 /// Optional Redis for global rate limits and instant revocation.
 pub const REDIS_URL: &str = "REDIS_URL";
+/// PEM CA certificates that sign the Redis servers' (a `rediss` URL); the platform's roots when unset.
+pub const REDIS_CA_FILE: &str = "TP_REDIS_CA_FILE";
+/// PEM client certificate for Redis (with [`REDIS_KEY_FILE`]).
+pub const REDIS_CERT_FILE: &str = "TP_REDIS_CERT_FILE";
+/// PEM private key of [`REDIS_CERT_FILE`].
+pub const REDIS_KEY_FILE: &str = "TP_REDIS_KEY_FILE";
 /// On-prem license, an RS256 JWT.
 pub const LICENSE_KEY: &str = "ATLASAI_LICENSE_KEY";
 /// PEM public key that verifies the license (`\n` escapes accepted).

@@ -5,19 +5,38 @@
 //! here every command is bounded, tried once, and the replica carries on
 //! with local state while Redis is away.
 
+mod target;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fred::clients::{Client, Pool, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use fred::types::config::{Config as FredConfig, ReconnectPolicy, UnresponsiveConfig};
+use fred::types::config::{ReconnectPolicy, UnresponsiveConfig};
 use fred::types::{Builder, ClientState};
 use secrecy::ExposeSecret;
 
-use crate::config::RedisConfig;
+use crate::config::{ConfigError, RedisConfig, vars};
 use crate::error::{Error, Result};
 use crate::health::{ComponentHealth, HealthContributor, Status};
+
+pub use target::{RedisTlsFiles, Topology};
+
+/// Checks a `REDIS_URL` and its TLS files, as the configuration does at start.
+pub(crate) fn check_target(
+    url: &str,
+    files: &RedisTlsFiles,
+) -> std::result::Result<(), ConfigError> {
+    target::parse(url, files).map(drop).map_err(config_error)
+}
+
+fn config_error(error: target::TargetError) -> ConfigError {
+    match error {
+        target::TargetError::Url(reason) => ConfigError::new(vars::REDIS_URL, reason),
+        target::TargetError::Tls(var, reason) => ConfigError::new(var, reason),
+    }
+}
 
 /// Commands and a subscriber on one Redis deployment.
 pub struct Redis {
@@ -31,9 +50,14 @@ impl Redis {
     /// Builds the clients and starts connecting in the background: a replica
     /// starts whether or not Redis is up.
     pub fn start(config: &RedisConfig) -> Result<Arc<Redis>> {
-        let fred_config = FredConfig::from_url(config.url.expose_secret())
-            .map_err(|e| Error::internal(format!("REDIS_URL: {e}")))?;
-        let mut builder = Builder::from_config(fred_config);
+        let target = target::parse(config.url.expose_secret(), &config.tls_files)
+            .map_err(|e| Error::internal(config_error(e).to_string()))?;
+        tracing::info!(
+            topology = ?target.topology,
+            tls = target.tls,
+            "redis configured"
+        );
+        let mut builder = Builder::from_config(target.fred);
         let timeout = config.command_timeout;
         builder
             .with_performance_config(|perf| {
@@ -56,6 +80,21 @@ impl Redis {
         let subscriber = builder
             .build_subscriber_client()
             .map_err(|e| Error::internal(format!("redis subscriber: {e}")))?;
+        let errors = Arc::new(ErrorLog::default());
+        for client in pool
+            .clients()
+            .iter()
+            .map(|c| c as &dyn EventSource)
+            .chain([&subscriber as &dyn EventSource])
+        {
+            let errors = errors.clone();
+            let mut rx = client.errors();
+            tokio::spawn(async move {
+                while let Ok((error, server)) = rx.recv().await {
+                    errors.record(&error.to_string(), server.as_ref().map(ToString::to_string));
+                }
+            });
+        }
         drop(pool.connect());
         drop(subscriber.connect());
         drop(subscriber.manage_subscriptions());
@@ -128,6 +167,56 @@ impl Redis {
         &self,
     ) -> tokio::sync::broadcast::Receiver<fred::types::config::Server> {
         self.subscriber.reconnect_rx()
+    }
+}
+
+/// A client whose connection errors can be watched.
+trait EventSource {
+    fn errors(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>;
+}
+
+impl<T: EventInterface> EventSource for T {
+    fn errors(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>
+    {
+        self.error_rx()
+    }
+}
+
+/// Connection errors, logged when the reason changes and at most every
+/// [`ERROR_LOG_SPACING`] while it stays the same: a Redis that is down or
+/// refuses the handshake says why without a line per reconnect attempt.
+#[derive(Default)]
+struct ErrorLog {
+    last: std::sync::Mutex<Option<(String, std::time::Instant, u64)>>,
+}
+
+const ERROR_LOG_SPACING: Duration = Duration::from_secs(30);
+
+impl ErrorLog {
+    fn record(&self, error: &str, server: Option<String>) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match last.as_mut() {
+            Some((text, at, repeats))
+                if text == error && now.duration_since(*at) < ERROR_LOG_SPACING =>
+            {
+                *repeats += 1;
+            }
+            _ => {
+                let suppressed = last.as_ref().map_or(0, |(_, _, n)| *n);
+                tracing::warn!(
+                    error,
+                    server = server.as_deref(),
+                    suppressed,
+                    "redis connection failed"
+                );
+                *last = Some((error.to_owned(), now, 0));
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod observability;
 mod postgres;
 mod ratelimit;
 mod recall;
+mod redis_ha;
 mod redis_tls;
 mod revocation;
 mod secrets;

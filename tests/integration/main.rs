@@ -8,6 +8,7 @@ mod faults;
 mod foundation;
 mod license;
 mod observability;
+mod pgbouncer;
 mod postgres;
 mod ratelimit;
 mod recall;

@@ -14,6 +14,8 @@ pub struct TestEnv {
     pub pg_user: Option<String>,
     /// `redis-server` binary.
     pub redis_server: PathBuf,
+    /// `pgbouncer` binary.
+    pub pgbouncer: PathBuf,
     /// `nginx` binary.
     pub nginx: PathBuf,
     /// Python with helm-python-sdk.
@@ -35,6 +37,7 @@ pub fn get() -> &'static TestEnv {
             pg_user: Some(var("TP_TEST_PG_USER")).filter(|u| !u.is_empty()),
             redis_server: var("TP_TEST_REDIS_SERVER").into(),
             nginx: var("TP_TEST_NGINX").into(),
+            pgbouncer: var("TP_TEST_PGBOUNCER").into(),
             python: var("TP_TEST_PYTHON").into(),
         }
     })

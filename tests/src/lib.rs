@@ -11,6 +11,7 @@ pub mod data;
 pub mod env;
 pub mod load;
 pub mod nginx;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;

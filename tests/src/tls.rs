@@ -51,6 +51,16 @@ fn leaf(
 }
 
 impl TestPki {
+    /// A PKI in a fresh directory, its files owned by the user the test
+    /// services run as (PostgreSQL and PgBouncer refuse a key others own).
+    pub fn for_services() -> TestPki {
+        let owner = crate::env::get()
+            .pg_user
+            .as_deref()
+            .map(crate::postgres::user_ids);
+        TestPki::generate(&crate::temp_dir("pki"), owner)
+    }
+
     /// Generates a PKI into `dir`; files belong to `owner` (uid, gid) when given.
     pub fn generate(dir: &Path, owner: Option<(u32, u32)>) -> TestPki {
         use std::os::unix::fs::PermissionsExt;

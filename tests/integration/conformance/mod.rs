@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tp_core::{Config, TenantPlane};
+use tp_tests::pgbouncer::{self, PoolMode};
 use tp_tests::replica::{ENCRYPTION_KEY, JWT_SECRET};
 
 /// A plane on an embedded SQLite file in a fresh directory.
@@ -29,13 +30,51 @@ pub async fn postgres_plane() -> Arc<TenantPlane> {
     plane(&url).await
 }
 
+/// A plane reaching a fresh database of the shared cluster through
+/// PgBouncer in `mode`; the schema is migrated directly first, as an
+/// operator must for a transaction pooler.
+async fn pgbouncer_plane(mode: PoolMode) -> Arc<TenantPlane> {
+    let direct = tokio::task::spawn_blocking(tp_tests::postgres::fresh_database)
+        .await
+        .expect("create database");
+    let config = Config::from_env(&env(&direct, &[])).expect("config");
+    let db = tp_core::db::Database::open_shared(&config.database).expect("pool");
+    db.migrate().await.expect("migrate directly");
+    let bouncer = tokio::task::spawn_blocking(move || pgbouncer::shared(mode))
+        .await
+        .expect("pgbouncer");
+    let url = bouncer.url(tp_tests::postgres::database_of(&direct));
+    match mode {
+        PoolMode::Transaction => {
+            plane_with(
+                &url,
+                &[
+                    ("TP_DB_POOLER", "pgbouncer-transaction"),
+                    ("TP_AUTO_MIGRATE", "false"),
+                ],
+            )
+            .await
+        }
+        PoolMode::Session => plane(&url).await,
+    }
+}
+
+/// Through PgBouncer in transaction mode (`TP_DB_POOLER=pgbouncer-transaction`).
+pub async fn pgbouncer_transaction_plane() -> Arc<TenantPlane> {
+    pgbouncer_plane(PoolMode::Transaction).await
+}
+
+/// Through PgBouncer in session mode, configured as for a direct connection.
+pub async fn pgbouncer_session_plane() -> Arc<TenantPlane> {
+    pgbouncer_plane(PoolMode::Session).await
+}
+
 async fn plane(url: &str) -> Arc<TenantPlane> {
     plane_with(url, &[]).await
 }
 
-/// A plane on `url` with extra configuration.
-pub async fn plane_with(url: &str, extra: &[(&str, &str)]) -> Arc<TenantPlane> {
-    let env: BTreeMap<String, String> = [
+fn env(url: &str, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    [
         ("TENANT_ID", "acme-corp"),
         ("JWT_SECRET", JWT_SECRET),
         ("ENCRYPTION_KEY", ENCRYPTION_KEY),
@@ -44,8 +83,12 @@ pub async fn plane_with(url: &str, extra: &[(&str, &str)]) -> Arc<TenantPlane> {
     .iter()
     .chain(extra)
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let config = Config::from_env(&env).expect("config");
+    .collect()
+}
+
+/// A plane on `url` with extra configuration.
+pub async fn plane_with(url: &str, extra: &[(&str, &str)]) -> Arc<TenantPlane> {
+    let config = Config::from_env(&env(url, extra)).expect("config");
     TenantPlane::start(config).await.expect("plane starts").0
 }
 
@@ -87,3 +130,5 @@ macro_rules! backend_suite {
 
 backend_suite!(sqlite, super::sqlite_plane);
 backend_suite!(postgres, super::postgres_plane);
+backend_suite!(pgbouncer_transaction, super::pgbouncer_transaction_plane);
+backend_suite!(pgbouncer_session, super::pgbouncer_session_plane);

@@ -126,6 +126,21 @@ pub struct DatabaseConfig {
     pub query_timeout: Duration,
     /// Run pending migrations at start.
     pub auto_migrate: bool,
+    /// What sits between the replica and PostgreSQL.
+    pub pooler: Pooler,
+}
+
+/// A connection pooler in front of PostgreSQL, and what it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// A direct connection, or a pooler in session mode: one server
+    /// session per connection, so prepared statements and session settings work.
+    #[default]
+    None,
+    /// PgBouncer in transaction mode (below 1.21, no protocol-level
+    /// prepared statements): every statement runs inside a transaction,
+    /// unprepared statements only, settings with `SET LOCAL`.
+    PgBouncerTransaction,
 }
 
 /// Redis settings.
@@ -316,8 +331,47 @@ impl Config {
             connect_timeout: millis(env, vars::DB_CONNECT_TIMEOUT, 5000, 100, 600_000)?,
             idle_timeout: millis(env, vars::DB_IDLE_TIMEOUT, 30_000, 1000, 86_400_000)?,
             query_timeout: millis(env, vars::DB_QUERY_TIMEOUT, 30_000, 100, 3_600_000)?,
-            auto_migrate: boolean(env, vars::AUTO_MIGRATE, true)?,
+            auto_migrate: false,
+            pooler: Pooler::None,
         };
+        let mut database = database;
+        database.pooler = match optional(env, vars::DB_POOLER).as_deref() {
+            None | Some("none") => match &database.url {
+                DatabaseUrl::Postgres(url)
+                    if crate::db::pg_url::asks_for_pgbouncer(url.expose_secret()) =>
+                {
+                    Pooler::PgBouncerTransaction
+                }
+                _ => Pooler::None,
+            },
+            Some("pgbouncer-transaction") => Pooler::PgBouncerTransaction,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    vars::DB_POOLER,
+                    format!("must be none or pgbouncer-transaction, got {other:?}"),
+                ));
+            }
+        };
+        if database.pooler == Pooler::PgBouncerTransaction {
+            if matches!(database.url, DatabaseUrl::Sqlite(_)) {
+                return Err(ConfigError::new(
+                    vars::DB_POOLER,
+                    "applies to PostgreSQL only",
+                ));
+            }
+            // Migrations hold a session-level advisory lock, which a
+            // transaction pooler would take on one server connection and
+            // release on another.
+            if boolean(env, vars::AUTO_MIGRATE, false)? {
+                return Err(ConfigError::new(
+                    vars::AUTO_MIGRATE,
+                    "must be false behind a transaction pooler: run `tenant-plane migrate` \
+                     with TENANT_PLANE_DATABASE_URL pointing at PostgreSQL itself (or a session-mode pool)",
+                ));
+            }
+        } else {
+            database.auto_migrate = boolean(env, vars::AUTO_MIGRATE, true)?;
+        }
 
         let redis = optional(env, vars::REDIS_URL)
             .map(|url| -> Result<RedisConfig, ConfigError> {

@@ -41,6 +41,9 @@ pub const DB_CONNECT_TIMEOUT: &str = "DB_CONNECT_TIMEOUT";
 pub const DB_IDLE_TIMEOUT: &str = "DB_IDLE_TIMEOUT";
 /// Per-statement deadline in milliseconds.
 pub const DB_QUERY_TIMEOUT: &str = "TP_DB_QUERY_TIMEOUT_MS";
+/// `pgbouncer-transaction` when a transaction-pooling PgBouncer (below
+/// 1.21) sits between the replicas and PostgreSQL; `none` otherwise.
+pub const DB_POOLER: &str = "TP_DB_POOLER";
 /// Run pending migrations at start (default true).
 pub const AUTO_MIGRATE: &str = "TP_AUTO_MIGRATE";
 /// TCP port.

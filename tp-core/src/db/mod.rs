@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::SqliteConnection;
+use diesel_async::AsyncPgConnection;
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
@@ -40,8 +41,16 @@ macro_rules! with_conn {
             $crate::db::Backend::Postgres(pool) => {
                 let mut guard = db.checkout(pool).await?;
                 let outcome = {
-                    let $pc = &mut guard.conn;
-                    ::tokio::time::timeout(db.query_timeout(), async { $pg }).await
+                    let conn = &mut guard.conn;
+                    ::tokio::time::timeout(db.query_timeout(), async {
+                        let pooled = db.begin_pooled(conn).await?;
+                        let result = {
+                            let $pc = &mut *conn;
+                            $pg
+                        };
+                        db.end_pooled(conn, pooled, result).await
+                    })
+                    .await
                 };
                 db.finish(&mut *guard, outcome)
             }
@@ -197,6 +206,45 @@ impl Database {
         matches!(self.backend, Backend::Postgres(_))
     }
 
+    /// Behind a transaction pooler, begins the transaction the statements
+    /// of one checkout run in (with the session's settings as `SET LOCAL`),
+    /// so the pooler keeps them on one server connection; true when it did.
+    pub(crate) async fn begin_pooled(&self, conn: &mut AsyncPgConnection) -> Result<bool> {
+        let ConnectorRef::Postgres(connector) = &self.connector else {
+            return Ok(false);
+        };
+        let Some(begin) = connector.pooled_begin_sql() else {
+            return Ok(false);
+        };
+        diesel_async::AnsiTransactionManager::begin_transaction_sql(conn, begin).await?;
+        Ok(true)
+    }
+
+    /// Commits what [`begin_pooled`](Self::begin_pooled) began (rolls back on `Err`).
+    pub(crate) async fn end_pooled<T>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        began: bool,
+        result: Result<T>,
+    ) -> Result<T> {
+        use diesel_async::TransactionManager;
+        type Manager = diesel_async::AnsiTransactionManager;
+        if !began {
+            return result;
+        }
+        match result {
+            Ok(value) => {
+                Manager::commit_transaction(conn).await?;
+                Ok(value)
+            }
+            Err(e) => {
+                // A failed rollback leaves the connection broken; the pool drops it.
+                let _ = Manager::rollback_transaction(conn).await;
+                Err(e)
+            }
+        }
+    }
+
     /// The bound on one statement.
     pub fn query_timeout(&self) -> Duration {
         self.query_timeout
@@ -206,6 +254,14 @@ impl Database {
     /// replicas starting together migrate once). Returns the versions applied.
     pub async fn migrate(&self) -> Result<Vec<String>> {
         match &self.connector {
+            ConnectorRef::Postgres(connector) if connector.pooled_begin_sql().is_some() => {
+                Err(Error::invalid(
+                    "migrations_need_direct_connection",
+                    "migrations hold a session-level advisory lock, which a transaction pooler \
+                     cannot keep: run them with TENANT_PLANE_DATABASE_URL pointing at PostgreSQL \
+                     itself (or a session-mode pool) and TP_DB_POOLER unset",
+                ))
+            }
             ConnectorRef::Postgres(connector) => migrate::postgres(connector).await,
             ConnectorRef::Sqlite(connector) => migrate::sqlite(connector).await,
         }

@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+use diesel::connection::CacheSize;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::pg_url;
 use super::pool::Connector;
-use crate::config::{ConfigError, DatabaseConfig, vars};
+use crate::config::{ConfigError, DatabaseConfig, Pooler, vars};
 use crate::error::{Error, Result};
 
 /// Opens PostgreSQL connections with the replica's settings.
@@ -18,6 +19,8 @@ pub(crate) struct PgConnector {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     session_sql: String,
+    /// Behind a transaction pooler: the `BEGIN` with settings every statement runs under.
+    begin_sql: Option<String>,
     connect_timeout: Duration,
 }
 
@@ -51,17 +54,37 @@ impl PgConnector {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3);
         let statement_timeout = db.query_timeout.as_millis();
-        let session_sql = format!(
-            "SET statement_timeout = {statement_timeout}; \
-             SET idle_in_transaction_session_timeout = {statement_timeout}; \
-             SET hnsw.iterative_scan = relaxed_order;"
+        let settings = format!(
+            "statement_timeout = {statement_timeout}; \
+             SET {scope}idle_in_transaction_session_timeout = {statement_timeout}; \
+             SET {scope}hnsw.iterative_scan = relaxed_order;",
+            scope = if db.pooler == Pooler::PgBouncerTransaction {
+                "LOCAL "
+            } else {
+                ""
+            }
         );
+        let (session_sql, begin_sql) = match db.pooler {
+            Pooler::None => (format!("SET {settings}"), None),
+            // A transaction pooler hands each transaction to any server
+            // connection: session settings would land on one of them, so
+            // every transaction sets its own.
+            Pooler::PgBouncerTransaction => {
+                (String::new(), Some(format!("BEGIN; SET LOCAL {settings}")))
+            }
+        };
         Ok(Self {
             config,
             tls,
             session_sql,
+            begin_sql,
             connect_timeout: db.connect_timeout,
         })
+    }
+
+    /// What begins a transaction behind a transaction pooler (`None`: no pooler).
+    pub(crate) fn pooled_begin_sql(&self) -> Option<&str> {
+        self.begin_sql.as_deref()
     }
 
     /// Opens a connection outside the pool (for migrations).
@@ -88,12 +111,41 @@ impl Connector for PgConnector {
                 .connect(self.tls.clone())
                 .await
                 .map_err(|e| describe_connect_error(&e, &self.config))?;
-            let mut conn = AsyncPgConnection::try_from_client_and_connection(client, connection)
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.batch_execute(&self.session_sql)
-                .await
-                .map_err(|e| e.to_string())?;
+            let pooled = self.begin_sql.is_some();
+            let mut conn = if pooled {
+                // diesel-async sets the time zone and encoding with two
+                // prepared statements as it wraps the client: begun in one
+                // transaction, they stay on one server connection. The
+                // client's driver runs here so BEGIN can go first.
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                client
+                    .batch_execute("BEGIN")
+                    .await
+                    .map_err(|e| describe_connect_error(&e, &self.config))?;
+                AsyncPgConnection::try_from(client)
+                    .await
+                    .map_err(|e| e.to_string())?
+            } else {
+                AsyncPgConnection::try_from_client_and_connection(client, connection)
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
+            if pooled {
+                // A statement left prepared on a shared server connection
+                // would meet another client's of the same name: cache
+                // nothing, so each is closed inside the transaction that
+                // used it, and drop what the setup prepared.
+                conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+                conn.batch_execute("DEALLOCATE ALL; COMMIT")
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                conn.batch_execute(&self.session_sql)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             Ok(conn)
         };
         tokio::time::timeout(self.connect_timeout, attempt)

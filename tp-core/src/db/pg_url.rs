@@ -68,6 +68,12 @@ struct TlsParams {
     key: Option<String>,
 }
 
+/// True when the URL carries `pgbouncer=true`.
+pub(crate) fn asks_for_pgbouncer(raw: &str) -> bool {
+    raw.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|p| p == "pgbouncer=true"))
+}
+
 /// Parses `raw`; the error says what is wrong and never repeats the URL.
 pub(crate) fn parse(raw: &str) -> Result<PgTarget, String> {
     let (base, query) = raw.split_once('?').unwrap_or((raw, ""));
@@ -84,6 +90,8 @@ pub(crate) fn parse(raw: &str) -> Result<PgTarget, String> {
             "sslrootcert" => params.root = Some(value),
             "sslcert" => params.cert = Some(value),
             "sslkey" => params.key = Some(value),
+            // Other clients' switch for PgBouncer in transaction mode.
+            "pgbouncer" => {}
             "sslpassword" | "sslcrl" | "sslcrldir" | "sslcertmode" | "sslnegotiation" => {
                 return Err(format!("{key} is not supported"));
             }

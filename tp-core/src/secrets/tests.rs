@@ -221,6 +221,7 @@ async fn sqlite() -> (Arc<Database>, std::path::PathBuf) {
         idle_timeout: Duration::from_secs(30),
         query_timeout: Duration::from_secs(10),
         auto_migrate: true,
+        pooler: crate::config::Pooler::None,
     };
     let db = Arc::new(Database::open(&config).unwrap());
     db.migrate().await.unwrap();

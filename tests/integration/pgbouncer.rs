@@ -191,16 +191,45 @@ async fn three_replicas_behind_transaction_pooling() {
             failures
         }));
     }
+    let mut failures = Vec::new();
     for task in tasks {
-        let failures = task.await.unwrap();
-        assert!(failures.is_empty(), "{failures:?}");
+        failures.extend(task.await.unwrap());
     }
     let errors: Vec<String> = replicas
         .iter()
         .flat_map(|r| r.logs().lines().map(str::to_owned).collect::<Vec<_>>())
         .filter(|l| l.contains("prepared statement") || l.contains("\"level\":\"ERROR\""))
         .collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        failures.is_empty() && errors.is_empty(),
+        "{failures:?}\n{errors:#?}"
+    );
+    // No statement outlived its transaction on any server connection.
+    let db = env
+        .iter()
+        .find(|(k, _)| k == "TENANT_PLANE_DATABASE_URL")
+        .map(|(_, url)| database_of(url).to_owned())
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&bouncer.url(&db), tokio_postgres::NoTls)
+        .await
+        .expect("connect through pgbouncer");
+    tokio::spawn(connection);
+    for _ in 0..20 {
+        // Simple queries, each its own transaction: they visit the servers in turn.
+        let rows = client
+            .simple_query("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        let count = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(
+            count.as_deref(),
+            Some("0"),
+            "a prepared statement was left behind"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

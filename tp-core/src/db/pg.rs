@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use diesel::connection::CacheSize;
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -138,9 +138,23 @@ impl Connector for PgConnector {
                 // nothing, so each is closed inside the transaction that
                 // used it, and drop what the setup prepared.
                 conn.set_prepared_statement_cache_size(CacheSize::Disabled);
-                conn.batch_execute("DEALLOCATE ALL; COMMIT")
+                // tokio-postgres looks up a type it does not know (pgvector's
+                // `vector`) with a statement it keeps prepared for the life
+                // of the connection. Meet the type now, so that statement is
+                // deallocated with the rest; without the extension there is
+                // nothing to meet.
+                conn.batch_execute("SAVEPOINT tp_types")
                     .await
                     .map_err(|e| e.to_string())?;
+                let met = diesel::sql_query("SELECT NULL::vector AS v")
+                    .execute(&mut conn)
+                    .await;
+                let end = if met.is_ok() {
+                    "RELEASE SAVEPOINT tp_types; DEALLOCATE ALL; COMMIT"
+                } else {
+                    "ROLLBACK TO SAVEPOINT tp_types; DEALLOCATE ALL; COMMIT"
+                };
+                conn.batch_execute(end).await.map_err(|e| e.to_string())?;
             } else {
                 conn.batch_execute(&self.session_sql)
                     .await

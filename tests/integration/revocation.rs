@@ -135,3 +135,71 @@ async fn revocation_holds_while_redis_is_down_and_is_instant_again_after() {
     let took = refused_within(&b, &token, Duration::from_millis(650)).await;
     println!("redis back: refused after {took:?}");
 }
+
+/// Demotes `username` through replica A, then polls replica B with their
+/// old token on an admin route until it is refused; how long that took.
+async fn demoted_within(redis: Option<&RedisServer>, poll_ms: &str, limit: Duration) -> Duration {
+    let (a, b, env) = pair(redis, poll_ms);
+    let root = a.admin_token(&env).await;
+    let login = a.login_as(&env, "mallory", "admin").await;
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let refresh = login["refresh_token"].as_str().unwrap().to_owned();
+    let mallory = Client::new().with_token(&token);
+    let users = mallory.get(&b.url("/api/users"), None).await;
+    assert_eq!(users.status, 200, "an admin lists users");
+    let id = users.json()["users"]
+        .as_array()
+        .or(users.json().as_array())
+        .and_then(|list| {
+            list.iter()
+                .find(|u| u["username"] == "mallory")
+                .map(|u| u["id"].as_str().unwrap().to_owned())
+        })
+        .expect("mallory's id");
+
+    let demoted = Client::new()
+        .with_token(&root)
+        .json(
+            Method::PATCH,
+            &a.url(&format!("/api/users/{id}")),
+            None,
+            &json!({"role": "member"}),
+        )
+        .await;
+    assert_eq!(demoted.status, 200, "{:?}", demoted.json());
+    let started = Instant::now();
+    let took = loop {
+        let reply = mallory.get(&b.url("/api/users"), None).await;
+        if reply.status == 401 {
+            assert_eq!(reply.json()["code"], "token_stale");
+            break started.elapsed();
+        }
+        assert_eq!(reply.status, 200);
+        assert!(started.elapsed() < limit, "still admin after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The session lives on; its next token carries the new role.
+    let renewed = Client::new()
+        .json(
+            Method::POST,
+            &b.url("/api/auth/refresh"),
+            None,
+            &json!({ "refresh_token": refresh }),
+        )
+        .await;
+    assert_eq!(renewed.status, 200, "{:?}", renewed.json());
+    let member = Client::new().with_token(renewed.json()["access_token"].as_str().unwrap());
+    assert_eq!(member.get(&b.url("/api/users"), None).await.status, 403);
+    assert_eq!(member.get(&a.url("/api/auth/me"), None).await.status, 200);
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_admin_loses_admin_rights_on_every_replica() {
+    let redis = RedisServer::start();
+    // With Redis and a one-minute poll: only the message can be in time.
+    let took = demoted_within(Some(&redis), "60000", Duration::from_secs(1)).await;
+    println!("demotion with redis: refused on the other replica after {took:?}");
+    let took = demoted_within(None, "500", Duration::from_millis(1500)).await;
+    println!("demotion without redis: refused on the other replica after {took:?}");
+}

@@ -372,3 +372,112 @@ pub async fn api_keys_verify_until_revoked(plane: &TenantPlane) {
         "invalid_name"
     );
 }
+
+fn is_role(principal: &Principal, want: Role) -> bool {
+    matches!(principal, Principal::User { role, .. } if *role == want)
+}
+
+pub async fn a_role_change_takes_effect_on_the_next_request(plane: &TenantPlane) {
+    let auth = plane.auth();
+    user(plane, "root", Role::Admin).await;
+    let id = user(plane, "mallory", Role::Admin).await;
+    let before = auth
+        .login("mallory", PASSWORD, ClientMeta::default())
+        .await
+        .unwrap();
+    let principal = auth
+        .authenticate(Some(&bearer(&before.access_token)))
+        .await
+        .unwrap();
+    assert!(is_role(&principal, Role::Admin));
+
+    let demote = UserUpdate {
+        role: Some(Role::Member),
+        ..UserUpdate::default()
+    };
+    auth.update_user(&id, demote).await.unwrap();
+    // The admin token is refused at once; the session lives on.
+    let stale = auth
+        .authenticate(Some(&bearer(&before.access_token)))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), "token_stale");
+    let after = auth.refresh(&before.refresh_token).await.unwrap();
+    let principal = auth
+        .authenticate(Some(&bearer(&after.access_token)))
+        .await
+        .unwrap();
+    assert!(is_role(&principal, Role::Member), "{principal:?}");
+
+    // Setting the same role again changes nothing.
+    let same = UserUpdate {
+        role: Some(Role::Member),
+        ..UserUpdate::default()
+    };
+    auth.update_user(&id, same).await.unwrap();
+    auth.authenticate(Some(&bearer(&after.access_token)))
+        .await
+        .unwrap();
+}
+
+pub async fn the_last_admin_cannot_be_demoted_or_disabled(plane: &TenantPlane) {
+    let auth = plane.auth();
+    let only = user(plane, "only-admin", Role::Admin).await;
+    for update in [
+        UserUpdate {
+            role: Some(Role::Viewer),
+            ..UserUpdate::default()
+        },
+        UserUpdate {
+            disabled: Some(true),
+            ..UserUpdate::default()
+        },
+    ] {
+        let refused = auth.update_user(&only, update).await.unwrap_err();
+        assert_eq!(refused.code(), "last_admin");
+    }
+    assert_eq!(auth.get_user(&only).await.unwrap().role, Role::Admin);
+
+    // Two admins demoting each other at once: exactly one goes through.
+    let other = user(plane, "second-admin", Role::Admin).await;
+    let demote = || UserUpdate {
+        role: Some(Role::Member),
+        ..UserUpdate::default()
+    };
+    let (a, b) = tokio::join!(
+        auth.update_user(&only, demote()),
+        auth.update_user(&other, demote())
+    );
+    assert_eq!(
+        usize::from(a.is_ok()) + usize::from(b.is_ok()),
+        1,
+        "{a:?} {b:?}"
+    );
+    let admins = auth
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.role == Role::Admin && !u.disabled)
+        .count();
+    assert_eq!(admins, 1);
+}
+
+pub async fn usernames_are_unique_regardless_of_case(plane: &TenantPlane) {
+    let auth = plane.auth();
+    user(plane, "Grace", Role::Viewer).await;
+    let new = NewUser {
+        username: "grace".into(),
+        password: PASSWORD.into(),
+        role: Role::Viewer,
+    };
+    assert_eq!(
+        auth.create_user(new).await.unwrap_err().code(),
+        "username_taken"
+    );
+    for name in ["grace", "GRACE", "Grace"] {
+        auth.login(name, PASSWORD, ClientMeta::default())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

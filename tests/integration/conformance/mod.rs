@@ -123,6 +123,9 @@ macro_rules! backend_suite {
             case!(auth::logout_and_termination_end_sessions);
             case!(auth::disabling_a_user_ends_every_session);
             case!(auth::api_keys_verify_until_revoked);
+            case!(auth::a_role_change_takes_effect_on_the_next_request);
+            case!(auth::the_last_admin_cannot_be_demoted_or_disabled);
+            case!(auth::usernames_are_unique_regardless_of_case);
             case!(contention::concurrent_writes_are_acknowledged_and_kept);
         }
     };

@@ -38,6 +38,10 @@ pub struct Claims {
     /// Not before (seconds), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// The user's token version when it was issued: a role change bumps
+    /// it, and tokens of an older one are refused (absent: 0).
+    #[serde(default)]
+    pub ver: i64,
     /// Token id.
     pub jti: String,
     /// Issuer.
@@ -106,8 +110,15 @@ impl Jwt {
         self.ttl
     }
 
-    /// Signs a token for `user` in session `sid`; returns it with its `exp`.
-    pub fn issue(&self, user_id: &str, sid: &str, role: Role) -> Result<(String, i64)> {
+    /// Signs a token for `user` in session `sid`, under the user's token
+    /// `version`; returns it with its `exp`.
+    pub fn issue(
+        &self,
+        user_id: &str,
+        sid: &str,
+        role: Role,
+        version: i64,
+    ) -> Result<(String, i64)> {
         let now = crate::time::now_secs();
         let exp = now + i64::try_from(self.ttl.as_secs()).unwrap_or(900);
         let claims = Claims {
@@ -118,6 +129,7 @@ impl Jwt {
             iat: now,
             exp,
             nbf: None,
+            ver: version,
             jti: uuid::Uuid::new_v4().simple().to_string(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -259,7 +271,7 @@ mod tests {
     #[test]
     fn the_verified_cache_never_outlives_expiry_or_accepts_altered_tokens() {
         let jwt = jwt();
-        let (token, _) = jwt.issue("user-1", "session-1", Role::Member).unwrap();
+        let (token, _) = jwt.issue("user-1", "session-1", Role::Member, 0).unwrap();
         let first = jwt.verify(&token).unwrap();
         assert_eq!(
             jwt.verify(&token).unwrap(),
@@ -292,7 +304,7 @@ mod tests {
         // Bounded.
         jwt.verified.lock().unwrap().clear();
         for i in 0..VERIFIED_CACHE_MAX + 5 {
-            let (t, _) = jwt.issue(&format!("u{i}"), "s", Role::Viewer).unwrap();
+            let (t, _) = jwt.issue(&format!("u{i}"), "s", Role::Viewer, 0).unwrap();
             jwt.verify(&t).unwrap();
         }
         assert!(jwt.verified.lock().unwrap().len() <= VERIFIED_CACHE_MAX);

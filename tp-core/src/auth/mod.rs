@@ -247,6 +247,12 @@ impl Auth {
                 "this session has ended",
             ));
         }
+        if claims.ver < self.revocations.least_token_version(&claims.sub) {
+            return Err(Error::unauthenticated(
+                "token_stale",
+                "the user's role changed: refresh the session for a new access token",
+            ));
+        }
         Ok(Principal::User {
             user_id: claims.sub.clone(),
             session_id: claims.sid.clone(),

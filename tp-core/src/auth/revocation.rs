@@ -26,11 +26,12 @@ use crate::time::now_ms;
 /// transactions commit out of timestamp order and replica clocks differ.
 const POLL_OVERLAP_MS: i64 = 10_000;
 
-/// One revoked subject: `s:<session id>` or `k:<api key id>`.
+/// One revoked subject: `s:<session id>`, `k:<api key id>`, or
+/// `v:<user id>:<version>` (the user's access tokens of older versions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Queryable, Insertable)]
 #[diesel(table_name = revocations)]
 pub struct Revocation {
-    /// `s:<session id>` or `k:<api key id>`.
+    /// `s:<session id>`, `k:<api key id>` or `v:<user id>:<version>`.
     pub subject: String,
     /// When it was revoked (Unix ms).
     pub revoked_at: i64,
@@ -41,6 +42,8 @@ pub struct Revocation {
 /// The in-memory revoked set and its feeds.
 pub struct Revocations {
     set: RwLock<HashMap<String, i64>>,
+    /// User id → (least token version still valid, when that stops mattering).
+    versions: RwLock<HashMap<String, (i64, i64)>>,
     db: Arc<Database>,
     redis: Option<Arc<Redis>>,
     channel: String,
@@ -53,6 +56,11 @@ pub fn session_subject(session_id: &str) -> String {
     format!("s:{session_id}")
 }
 
+/// The subject that makes a user's access tokens below `version` stale.
+pub fn version_subject(user_id: &str, version: i64) -> String {
+    format!("v:{user_id}:{version}")
+}
+
 /// The subject of an API key.
 pub fn key_subject(key_id: &str) -> String {
     format!("k:{key_id}")
@@ -63,6 +71,7 @@ impl Revocations {
     pub fn new(db: Arc<Database>, redis: Option<Arc<Redis>>, tenant: &str) -> Self {
         Self {
             set: RwLock::new(HashMap::new()),
+            versions: RwLock::new(HashMap::new()),
             db,
             redis,
             channel: format!("tp:{tenant}:revocations"),
@@ -80,9 +89,25 @@ impl Revocations {
             .is_some_and(|expires| *expires > now_ms())
     }
 
+    /// The least token version of `user_id` still accepted (0 when none
+    /// was revoked). A read lock and a hash lookup.
+    pub fn least_token_version(&self, user_id: &str) -> i64 {
+        self.versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user_id)
+            .filter(|(_, expires)| *expires > now_ms())
+            .map_or(0, |(version, _)| *version)
+    }
+
     /// Entries held now.
     pub fn len(&self) -> usize {
         self.set.read().unwrap_or_else(|e| e.into_inner()).len()
+            + self
+                .versions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len()
     }
 
     /// True when nothing is revoked.
@@ -98,12 +123,26 @@ impl Revocations {
     fn apply(&self, entries: impl IntoIterator<Item = Revocation>) {
         let now = now_ms();
         let mut set = self.set.write().unwrap_or_else(|e| e.into_inner());
+        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
         for r in entries {
-            if r.expires_at > now {
+            self.watermark.fetch_max(r.revoked_at, Ordering::AcqRel);
+            if r.expires_at <= now {
+                continue;
+            }
+            let version = r
+                .subject
+                .strip_prefix("v:")
+                .and_then(|rest| rest.rsplit_once(':'))
+                .and_then(|(user, v)| Some((user, v.parse::<i64>().ok()?)));
+            if let Some((user, version)) = version {
+                let slot = versions
+                    .entry(user.to_owned())
+                    .or_insert((version, r.expires_at));
+                *slot = (slot.0.max(version), slot.1.max(r.expires_at));
+            } else {
                 let slot = set.entry(r.subject).or_insert(r.expires_at);
                 *slot = (*slot).max(r.expires_at);
             }
-            self.watermark.fetch_max(r.revoked_at, Ordering::AcqRel);
         }
     }
 
@@ -160,6 +199,10 @@ impl Revocations {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, expires| *expires > now);
+        self.versions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (_, expires)| *expires > now);
         if let Err(e) = self.purge_database(now).await {
             tracing::debug!(error = %e, "revocation purge skipped");
         }

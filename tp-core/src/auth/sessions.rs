@@ -177,7 +177,7 @@ impl Auth {
             .await
         })?;
         let role: Role = user.role.parse()?;
-        self.pair(&user.id, &session_id, role, refresh)
+        self.pair(&user.id, &session_id, role, user.token_version, refresh)
     }
 
     fn pair(
@@ -185,9 +185,10 @@ impl Auth {
         user_id: &str,
         session_id: &str,
         role: Role,
+        version: i64,
         refresh: String,
     ) -> Result<TokenPair> {
-        let (access_token, _exp) = self.jwt.issue(user_id, session_id, role)?;
+        let (access_token, _exp) = self.jwt.issue(user_id, session_id, role, version)?;
         Ok(TokenPair {
             access_token,
             token_type: "Bearer",
@@ -210,7 +211,7 @@ impl Auth {
         let revocation_expires =
             now + i64::try_from(self.revocation_lifetime().as_millis()).unwrap_or(i64::MAX / 2);
         enum Outcome {
-            Rotated(String, String, String),
+            Rotated(String, String, String, i64),
             Reused(Revocation),
             Refused,
         }
@@ -259,9 +260,12 @@ impl Auth {
                         .await?;
                     return Ok(Outcome::Reused(entry));
                 }
-                let user: (String, bool) = users::table
+                // Role and token version from one row: a refresh that reads
+                // the role from before a change also gets the old version,
+                // which the change has made stale.
+                let user: (String, bool, i64) = users::table
                     .find(&user_id)
-                    .select((users::role, users::disabled))
+                    .select((users::role, users::disabled, users::token_version))
                     .first(c)
                     .await?;
                 if user.1 {
@@ -291,13 +295,13 @@ impl Auth {
                     .set(sessions::last_used_at.eq(now))
                     .execute(c)
                     .await?;
-                Ok(Outcome::Rotated(user_id, session_id, user.0))
+                Ok(Outcome::Rotated(user_id, session_id, user.0, user.2))
             })
             .await
         })?;
         match outcome {
-            Outcome::Rotated(user_id, session_id, role) => {
-                self.pair(&user_id, &session_id, role.parse()?, next)
+            Outcome::Rotated(user_id, session_id, role, version) => {
+                self.pair(&user_id, &session_id, role.parse()?, version, next)
             }
             Outcome::Reused(entry) => {
                 tracing::warn!(target: "audit", subject = entry.subject.as_str(), "refresh token reused; session ended");

@@ -4,18 +4,23 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 
-use super::revocation::{Revocation, session_subject};
+use super::revocation::{Revocation, session_subject, version_subject};
 use super::{Auth, Role, password};
 use crate::db::schema::{revocations, sessions, users};
-use crate::db::{WriteTransaction, with_conn};
+use crate::db::{LockUsers, WriteTransaction, with_conn};
 use crate::error::{Error, Result};
 use crate::time::{now_ms, rfc3339_ms};
+
+diesel::define_sql_function! {
+    /// SQL `lower`; usernames are ASCII, where both backends agree.
+    fn lower(text: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
 
 /// What creating a user takes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
-    /// Unique login name.
+    /// Login name, unique regardless of case.
     pub username: String,
     /// Initial password.
     pub password: String,
@@ -32,7 +37,8 @@ fn default_role() -> Role {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserUpdate {
-    /// New role (takes effect at the next token refresh).
+    /// New role: access tokens issued before are refused on every replica,
+    /// and the next refresh carries the new role.
     pub role: Option<Role>,
     /// Disable (ends every session) or re-enable.
     pub disabled: Option<bool>,
@@ -64,6 +70,8 @@ pub(super) struct UserRow {
     pub(super) disabled: bool,
     pub(super) created_at: i64,
     pub(super) _updated_at: i64,
+    /// Access tokens issued under an older version are refused.
+    pub(super) token_version: i64,
 }
 
 impl UserRow {
@@ -168,10 +176,12 @@ impl Auth {
         })
     }
 
+    /// The user whose name is `username`, whatever its case.
     pub(super) async fn user_row_by_name(&self, username: &str) -> Result<Option<UserRow>> {
+        let folded = username.to_ascii_lowercase();
         with_conn!(&self.db, |conn| {
             Ok(users::table
-                .filter(users::username.eq(username))
+                .filter(lower(users::username).eq(&folded))
                 .first::<UserRow>(conn)
                 .await
                 .optional()?)
@@ -187,7 +197,9 @@ impl Auth {
     }
 
     /// Changes a user. Disabling or a new password ends every session of the
-    /// user, in the same transaction, and revokes their tokens everywhere.
+    /// user, in the same transaction, and revokes their tokens everywhere; a
+    /// new role makes their access tokens stale everywhere (the next refresh
+    /// carries it). The last enabled admin cannot be demoted or disabled.
     pub async fn update_user(&self, id: &str, update: UserUpdate) -> Result<User> {
         if let Some(password) = &update.password {
             password::check_policy(password)?;
@@ -203,18 +215,53 @@ impl Auth {
         let role = update.role.map(Role::as_str);
         let (row, revoked): (Option<UserRow>, Vec<Revocation>) = with_conn!(&self.db, |conn| {
             conn.write_transaction(async |c| {
-                let found = diesel::update(users::table.find(id))
+                c.lock_users().await?;
+                let Some(current) = users::table.find(id).first::<UserRow>(c).await.optional()?
+                else {
+                    return Ok((None, Vec::new()));
+                };
+                let stays_admin =
+                    role.is_none_or(|r| r == "admin") && update.disabled.is_none_or(|d| !d);
+                if current.role == "admin" && !current.disabled && !stays_admin {
+                    let other_admins: i64 = users::table
+                        .filter(users::role.eq("admin"))
+                        .filter(users::disabled.eq(false))
+                        .filter(users::id.ne(id))
+                        .count()
+                        .get_result(c)
+                        .await?;
+                    if other_admins == 0 {
+                        return Err(Error::conflict(
+                            "last_admin",
+                            "this is the only enabled admin: make another user admin first",
+                        ));
+                    }
+                }
+                diesel::update(users::table.find(id))
                     .set(users::updated_at.eq(now))
                     .execute(c)
                     .await?;
-                if found == 0 {
-                    return Ok((None, Vec::new()));
-                }
-                if let Some(role) = role {
+                let mut revoked = Vec::new();
+                if let Some(role) = role.filter(|r| *r != current.role) {
+                    // Access tokens issued under the old role are refused
+                    // everywhere; the next refresh carries the new one.
+                    let version = current.token_version + 1;
                     diesel::update(users::table.find(id))
-                        .set(users::role.eq(role))
+                        .set((users::role.eq(role), users::token_version.eq(version)))
                         .execute(c)
                         .await?;
+                    let entry = Revocation {
+                        subject: version_subject(id, version),
+                        revoked_at: now,
+                        expires_at,
+                    };
+                    diesel::insert_into(revocations::table)
+                        .values(&entry)
+                        .on_conflict(revocations::subject)
+                        .do_nothing()
+                        .execute(c)
+                        .await?;
+                    revoked.push(entry);
                 }
                 if let Some(disabled) = update.disabled {
                     diesel::update(users::table.find(id))
@@ -228,7 +275,6 @@ impl Auth {
                         .execute(c)
                         .await?;
                 }
-                let mut revoked = Vec::new();
                 if ends_sessions {
                     let ended: Vec<String> = sessions::table
                         .filter(sessions::user_id.eq(id))
@@ -248,7 +294,7 @@ impl Auth {
                         ))
                         .execute(c)
                         .await?;
-                    revoked = ended
+                    let sessions_ended: Vec<Revocation> = ended
                         .iter()
                         .map(|sid| Revocation {
                             subject: session_subject(sid),
@@ -256,7 +302,7 @@ impl Auth {
                             expires_at,
                         })
                         .collect();
-                    for r in &revoked {
+                    for r in &sessions_ended {
                         diesel::insert_into(revocations::table)
                             .values(r)
                             .on_conflict(revocations::subject)
@@ -264,6 +310,7 @@ impl Auth {
                             .execute(c)
                             .await?;
                     }
+                    revoked.extend(sessions_ended);
                 }
                 let row = users::table.find(id).first::<UserRow>(c).await?;
                 Ok((Some(row), revoked))
@@ -271,7 +318,10 @@ impl Auth {
             .await
         })?;
         let row = row.ok_or_else(|| user_not_found(id))?;
-        let ended = revoked.len();
+        let ended = revoked
+            .iter()
+            .filter(|r| r.subject.starts_with("s:"))
+            .count();
         self.revocations.announce(revoked).await;
         tracing::info!(target: "audit", user_id = id, ?role, disabled = ?update.disabled, sessions_ended = ended, "user updated");
         row.to_user()

@@ -24,7 +24,7 @@ use crate::config::{DatabaseConfig, DatabaseUrl};
 use crate::error::{Error, Result};
 pub(crate) use pool::Tracked;
 use pool::{ConnectSignals, Manager};
-pub(crate) use transaction::WriteTransaction;
+pub(crate) use transaction::{LockUsers, WriteTransaction};
 
 /// Runs `$body` with `$conn` bound to a checked-out connection of either backend.
 ///

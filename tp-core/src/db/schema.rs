@@ -19,6 +19,7 @@ diesel::table! {
         disabled -> Bool,
         created_at -> BigInt,
         updated_at -> BigInt,
+        token_version -> BigInt,
     }
 }
 

@@ -80,3 +80,31 @@ impl WriteTransaction for SqliteConn {
         self.immediate_transaction::<R, Error, F>(f)
     }
 }
+
+/// Advisory lock key that serialises changes to users' roles ("tpusers").
+const USERS_LOCK_KEY: i64 = 0x0074_7075_7365_7273;
+
+/// Serialises transactions that change who is an admin, so two of them
+/// cannot each see another admin left and both go through.
+pub(crate) trait LockUsers: Send {
+    /// Holds the lock until the transaction ends.
+    fn lock_users(&mut self) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl LockUsers for AsyncPgConnection {
+    async fn lock_users(&mut self) -> Result<()> {
+        use diesel_async::RunQueryDsl;
+        // Transaction-scoped, so it also works behind a transaction pooler.
+        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({USERS_LOCK_KEY})"))
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
+
+impl LockUsers for SqliteConn {
+    async fn lock_users(&mut self) -> Result<()> {
+        // A write transaction (BEGIN IMMEDIATE) already excludes every other writer.
+        Ok(())
+    }
+}

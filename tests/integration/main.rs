@@ -3,6 +3,7 @@
 // Helpers shared by tests panic with context by design.
 #![allow(clippy::unwrap_used)]
 
+mod capacity;
 mod conformance;
 mod faults;
 mod foundation;

@@ -87,6 +87,9 @@ impl TenantPlane {
                 Err(e) => return Err(e),
             }
         };
+        if schema != StartupSchema::Deferred {
+            db.check_connection_budget(config.database.pool_max).await;
+        }
         let redis = config.redis.as_ref().map(Redis::start).transpose()?;
         if let Some(redis) = &redis {
             health.register(redis.clone());

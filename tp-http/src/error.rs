@@ -3,6 +3,10 @@
 //! A 5xx never carries internal text: clients get a generic message and the
 //! request id; the detail goes to the log under the same id.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
@@ -57,6 +61,44 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// Requests refused because a dependency is unavailable, logged as a
+/// summary: the first of a code at once, then at most one line per code
+/// every [`SUMMARY_EVERY`] with how many there were. An outage of a few
+/// seconds at thousands of requests a second is a handful of lines, not a
+/// line per request. (Internal errors are bugs: each is logged.)
+struct FailureLog {
+    codes: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+static FAILURES: LazyLock<FailureLog> = LazyLock::new(|| FailureLog {
+    codes: Mutex::new(HashMap::new()),
+});
+
+impl FailureLog {
+    fn record(&self, code: &'static str, error: &str, request_id: &str) {
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match codes.get_mut(code) {
+            Some((logged_at, since)) if now.duration_since(*logged_at) < SUMMARY_EVERY => {
+                *since += 1;
+            }
+            entry => {
+                let earlier = entry.map_or(0, |(_, since)| *since);
+                tracing::warn!(
+                    request_id,
+                    code,
+                    error,
+                    failed_since_last_line = earlier,
+                    "request failed"
+                );
+                codes.insert(code, (now, 0));
+            }
+        }
+    }
+}
+
 impl ApiError {
     /// Renders the problem+json response for `request_id`.
     pub fn into_response(self, request_id: &str) -> Response {
@@ -67,7 +109,7 @@ impl ApiError {
             "an internal error occurred; quote the request id when reporting it".to_owned()
         } else {
             if status.is_server_error() {
-                tracing::warn!(request_id, code = error.code(), error = %error, "request failed");
+                FAILURES.record(error.code(), &error.to_string(), request_id);
             }
             error.to_string()
         };

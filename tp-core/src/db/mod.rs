@@ -157,6 +157,7 @@ impl Database {
                 let manager = Manager {
                     connector: connector.clone(),
                     signals: signals.clone(),
+                    pool_max: config.pool_max,
                 };
                 (
                     Backend::Postgres(builder(config, config.pool_min).build_unchecked(manager)),
@@ -176,6 +177,7 @@ impl Database {
                 let manager = Manager {
                     connector: connector.clone(),
                     signals: signals.clone(),
+                    pool_max: config.pool_max,
                 };
                 (
                     Backend::Sqlite(
@@ -304,6 +306,61 @@ impl Database {
                 migrations_pending: false,
                 error: Some(format!("no answer within {} ms", timeout.as_millis())),
             },
+        }
+    }
+
+    /// On PostgreSQL reached directly, warns when this replica's pool is a
+    /// large share of the connections the server has left: several
+    /// replicas' pools can add up to more than `max_connections`.
+    pub async fn check_connection_budget(&self, pool_max: u32) {
+        #[derive(diesel::QueryableByName)]
+        struct Budget {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            max: i32,
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            reserved: i32,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            used: i64,
+        }
+        let Backend::Postgres(_) = &self.backend else {
+            return;
+        };
+        if matches!(&self.connector, ConnectorRef::Postgres(c) if c.pooled_begin_sql().is_some()) {
+            // Behind a transaction pooler the server's slots are the pooler's.
+            return;
+        }
+        let read = async {
+            with_conn!(
+                self,
+                pg | conn
+                    | {
+                        use diesel_async::RunQueryDsl;
+                        Ok(diesel::sql_query(
+                    "SELECT current_setting('max_connections')::int AS max, \
+                     current_setting('superuser_reserved_connections')::int AS reserved, \
+                     (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS used",
+                )
+                .load::<Budget>(conn)
+                .await?)
+                    },
+                sqlite | _conn | Ok(Vec::new())
+            )
+        };
+        let budget: Result<Vec<Budget>> = read.await;
+        let Some(b) = budget.ok().and_then(|rows| rows.into_iter().next()) else {
+            return;
+        };
+        let left =
+            i64::from(b.max - b.reserved) - b.used + i64::from(self.signals.open_connections());
+        if i64::from(pool_max) * 2 > left {
+            tracing::warn!(
+                max_connections = b.max,
+                superuser_reserved = b.reserved,
+                in_use = b.used,
+                pool_max,
+                "DB_POOL_MAX is more than half the connections PostgreSQL has left: \
+                 replicas will meet max_connections (they keep serving on what they have)"
+            );
         }
     }
 

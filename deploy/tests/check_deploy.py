@@ -448,6 +448,12 @@ def check_chart() -> None:
         ("license.key without publicKey", merged(minimal, {"license": {"key": "eyJ..."}}), ["license.publicKey"]),
         ("autoscaling min > max", merged(minimal, {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}), ["must not exceed autoscaling.maxReplicas"]),
         ("db.poolMin > db.poolMax", merged(minimal, {"db": {"poolMin": 20, "poolMax": 10}}), ["db.poolMin (20) must not exceed db.poolMax (10)"]),
+        ("the guide's production values against the usual max_connections 100",
+         merged(load_values(CHART / "ci" / "values-production.yaml"), {"db": {"maxConnections": 100}}),
+         ["210 database connections", "autoscaling.maxReplicas 20", "db.poolMax 10", "db.maxConnections (100)"]),
+        ("3 replicas x poolMax 10 against 25 connections",
+         merged(minimal, {"replicaCount": 3, "db": {"maxConnections": 25}}),
+         ["40 database connections", "replicaCount 3"]),
     ]
     for label, values, needles in must_fail:
         err = render_error(values)
@@ -456,6 +462,16 @@ def check_chart() -> None:
             R.check(f"{label}: message says why", all(n in err for n in needles), f"message was: {err}")
     R.check("(c) message names the fix (replicaCount=1 or PostgreSQL db.url)",
             "set replicaCount=1" in (render_error(load_values(FIXTURES / "values-sqlite-replicas.yaml")) or ""))
+
+    R.start("helm chart: the connection budget and the pooler")
+    fits = merged(minimal, {"replicaCount": 3, "db": {"maxConnections": 40}})
+    R.check("3 replicas x poolMax 10 (+1 surge) within 40 renders", render_error(fits) is None,
+            str(render_error(fits)))
+    pooled = env_map(one(objects(render(merged(minimal, {"db": {"pooler": "pgbouncer-transaction"}}))), "Deployment"))
+    R.eq("db.pooler sets TP_DB_POOLER", dig(pooled, "TP_DB_POOLER", "value"), "pgbouncer-transaction")
+    R.eq("db.pooler turns auto-migration off", dig(pooled, "TP_AUTO_MIGRATE", "value"), "false")
+    direct = env_map(one(objects(render(minimal)), "Deployment"))
+    R.check("no pooler: no TP_DB_POOLER", "TP_DB_POOLER" not in direct)
 
     R.start("helm chart (e): one SQLite replica with a PVC")
     objs = objects(render(load_values(FIXTURES / "values-sqlite-single.yaml")))

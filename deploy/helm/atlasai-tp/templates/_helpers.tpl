@@ -185,6 +185,15 @@ Included (with no output) by deployment.yaml.
 {{- if gt (int .Values.db.poolMin) (int .Values.db.poolMax) }}
 {{- fail (printf "atlasai-tp: db.poolMin (%d) must not exceed db.poolMax (%d)" (int .Values.db.poolMin) (int .Values.db.poolMax)) }}
 {{- end }}
+{{- $budget := int (default 0 .Values.db.maxConnections) }}
+{{- if gt $budget 0 }}
+{{- $replicas := ternary (int .Values.autoscaling.maxReplicas) (int .Values.replicaCount) .Values.autoscaling.enabled }}
+{{- $surge := 1 }}
+{{- $needed := mul (add $replicas $surge) (int .Values.db.poolMax) }}
+{{- if gt $needed $budget }}
+{{- fail (printf "atlasai-tp: the replicas can open %d database connections ((%s %d + 1 during a rolling update) x db.poolMax %d), more than db.maxConnections (%d). Lower db.poolMax or the replica count, put PgBouncer in front (db.pooler), or raise PostgreSQL's max_connections and db.maxConnections." $needed (ternary "autoscaling.maxReplicas" "replicaCount" .Values.autoscaling.enabled) $replicas (int .Values.db.poolMax) $budget) }}
+{{- end }}
+{{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- if lt (int .Values.autoscaling.minReplicas) 1 }}
 {{- fail "atlasai-tp: autoscaling.minReplicas must be at least 1" }}

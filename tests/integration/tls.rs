@@ -190,3 +190,49 @@ fn bad_tls_parameters_stop_the_start_naming_the_variable() {
         assert!(!error.contains(TLS_PASSWORD), "{error}");
     }
 }
+
+#[test]
+fn config_check_probe_reports_each_service() {
+    let (cluster, pki) = server();
+    let tls = format!("sslmode=verify-full&sslrootcert={}", pki.ca.display());
+    let port = cluster.port;
+    let env_of = |url: &str, redis: Option<(&str, &str)>| {
+        let mut env: Vec<(String, String)> = env_for(url).into_iter().collect();
+        // The schema is not there (no pgvector in this build): not a failure.
+        env.push(("TP_AUTO_MIGRATE".into(), "false".into()));
+        if let Some((url, ca)) = redis {
+            env.push(("REDIS_URL".into(), url.into()));
+            env.push(("TP_REDIS_CA_FILE".into(), ca.into()));
+        }
+        env
+    };
+    let probe = |env: &[(String, String)]| {
+        let out = tp_tests::replica::run(
+            &["config", "check", "--probe"],
+            env,
+            std::path::Path::new("/tmp"),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!stdout.contains(TLS_PASSWORD), "{stdout}");
+        (out.status.code(), stdout)
+    };
+    let good = format!("postgresql://{TLS_USER}:{TLS_PASSWORD}@localhost:{port}/tp?{tls}");
+    let (code, out) = probe(&env_of(&good, None));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("probe database (PostgreSQL): ok"), "{out}");
+    assert!(out.contains("probe redis: not configured"), "{out}");
+
+    let wrong = format!("postgresql://{TLS_USER}:not-the-password@localhost:{port}/tp?{tls}");
+    let redis = tp_tests::RedisServer::start_tls(pki, false);
+    let other_ca = pki.other_ca.to_string_lossy().into_owned();
+    let (code, out) = probe(&env_of(&wrong, Some((&redis.tls_url(), &other_ca))));
+    assert_eq!(code, Some(69), "{out}");
+    assert!(
+        out.contains(
+            "probe database (PostgreSQL): FAILED: password authentication failed for user \"app\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("probe redis: FAILED:"), "{out}");
+    assert!(out.contains("UnknownIssuer"), "{out}");
+}

@@ -238,3 +238,80 @@ pub async fn bootstrap_dev_admin(plane: &TenantPlane) {
         Err(e) => tracing::warn!(error = %e, "could not count users"),
     }
 }
+
+/// `config check --probe`: connects to each configured service and says,
+/// one line each, whether it answered and if not why (never a secret).
+pub async fn probe_services(config: &Config) -> ExitCode {
+    use std::time::{Duration, Instant};
+    let timeout = config.database.connect_timeout.min(Duration::from_secs(5));
+    let mut failed = false;
+    let kind = if matches!(
+        config.database.url,
+        tp_core::config::DatabaseUrl::Postgres(_)
+    ) {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    match tp_core::db::Database::open_shared(&config.database) {
+        Err(e) => {
+            failed = true;
+            println!("probe database ({kind}): FAILED: {}", reason(&e));
+        }
+        Ok(db) => {
+            let probe = db.probe(timeout).await;
+            if probe.reachable {
+                let schema = if probe.migrations_pending {
+                    "migrations pending (run tenant-plane migrate)"
+                } else {
+                    "schema current"
+                };
+                println!("probe database ({kind}): ok, {schema}");
+            } else {
+                failed = true;
+                println!(
+                    "probe database ({kind}): FAILED: {}",
+                    probe.error.unwrap_or_default()
+                );
+            }
+        }
+    }
+    match &config.redis {
+        None => println!("probe redis: not configured"),
+        Some(redis_config) => match tp_core::redis::Redis::start(redis_config) {
+            Err(e) => {
+                failed = true;
+                println!("probe redis: FAILED: {}", reason(&e));
+            }
+            Ok(redis) => {
+                let deadline = Instant::now() + timeout;
+                while !redis.is_connected() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if redis.is_connected() {
+                    println!("probe redis: ok");
+                } else {
+                    failed = true;
+                    let why = redis.last_error().unwrap_or_else(|| {
+                        format!("not connected within {} ms", timeout.as_millis())
+                    });
+                    println!("probe redis: FAILED: {why}");
+                }
+            }
+        },
+    }
+    if failed {
+        ExitCode::from(exit::UNAVAILABLE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// An error's reason for the operator: an internal error's detail (never a
+/// secret), or the message.
+fn reason(e: &tp_core::Error) -> String {
+    match e {
+        tp_core::Error::Internal { detail } => detail.clone(),
+        other => other.to_string(),
+    }
+}

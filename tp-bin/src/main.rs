@@ -178,7 +178,12 @@ enum TokenAction {
 #[derive(Subcommand)]
 enum ConfigAction {
     /// Check every variable and exit non-zero naming the first bad one.
-    Check,
+    Check {
+        /// Also connect to every configured service (database, Redis) and
+        /// report each; exit 69 when one cannot be reached.
+        #[arg(long)]
+        probe: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -255,10 +260,14 @@ async fn run(command: Command) -> ExitCode {
         Command::Serve => unreachable!("handled above"),
         Command::Migrate => migrate(config).await,
         Command::Config {
-            action: ConfigAction::Check,
+            action: ConfigAction::Check { probe },
         } => {
             println!("configuration is valid\n{config:#?}");
-            ExitCode::SUCCESS
+            if probe {
+                admin::probe_services(&config).await
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Command::User {
             action:

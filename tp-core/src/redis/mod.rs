@@ -44,6 +44,7 @@ pub struct Redis {
     subscriber: SubscriberClient,
     timeout: Duration,
     failures: AtomicU64,
+    errors: Arc<ErrorLog>,
 }
 
 impl Redis {
@@ -103,6 +104,7 @@ impl Redis {
             subscriber,
             timeout,
             failures: AtomicU64::new(0),
+            errors,
         }))
     }
 
@@ -127,6 +129,16 @@ impl Redis {
             .clients()
             .iter()
             .any(|c| c.state() == ClientState::Connected)
+    }
+
+    /// The last connection error, if any (for `config check --probe`).
+    pub fn last_error(&self) -> Option<String> {
+        self.errors
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(text, _, _)| text.clone())
     }
 
     /// Counts a failed command (for health and metrics).

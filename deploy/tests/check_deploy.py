@@ -473,6 +473,19 @@ def check_chart() -> None:
     direct = env_map(one(objects(render(minimal)), "Deployment"))
     R.check("no pooler: no TP_DB_POOLER", "TP_DB_POOLER" not in direct)
 
+    R.start("helm chart: TLS files for the database and Redis")
+    tls_values = merged(minimal, {"tls": {"secretName": "tp-tls"},
+                                  "redis": {"url": "rediss://:pw@cache:6380", "caFile": "/etc/tenant-plane/tls/ca.crt"}})
+    dep = one(objects(render(tls_values)), "Deployment")
+    env = env_map(dep)
+    R.eq("redis.caFile sets TP_REDIS_CA_FILE", dig(env, "TP_REDIS_CA_FILE", "value"), "/etc/tenant-plane/tls/ca.crt")
+    mounts = {m["name"]: m for m in container(dep).get("volumeMounts", [])}
+    R.eq("tls.secretName is mounted read-only", (dig(mounts, "tls", "mountPath"), dig(mounts, "tls", "readOnly")),
+         ("/etc/tenant-plane/tls", True))
+    volumes = {v["name"]: v for v in dig(dep, "spec", "template", "spec", "volumes", default=[])}
+    R.eq("from the named Secret", dig(volumes, "tls", "secret", "secretName"), "tp-tls")
+    R.check("no tls.secretName: no TLS volume", "tls" not in {m["name"] for m in container(one(objects(render(minimal)), "Deployment")).get("volumeMounts", [])})
+
     R.start("helm chart (e): one SQLite replica with a PVC")
     objs = objects(render(load_values(FIXTURES / "values-sqlite-single.yaml")))
     dep = one(objs, "Deployment")

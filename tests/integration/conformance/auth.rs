@@ -126,11 +126,22 @@ pub async fn refresh_rotates_and_reuse_ends_the_session(plane: &TenantPlane) {
         .await
         .unwrap();
 
-    // Replaying the first refresh token is theft: the whole session ends.
+    // A retry within the grace window (the answer was lost, another tab
+    // refreshed too) gets the same successor while it is unused.
+    let retried = auth.refresh(&first.refresh_token).await.unwrap();
+    assert_eq!(retried.refresh_token, second.refresh_token);
+    auth.authenticate(Some(&bearer(&retried.access_token)))
+        .await
+        .unwrap();
+    let third = auth.refresh(&second.refresh_token).await.unwrap();
+
+    // Once its successor has been used, replaying the first refresh token
+    // is theft: the whole session ends.
     assert_eq!(
         auth.refresh(&first.refresh_token).await.unwrap_err().code(),
         "invalid_refresh_token"
     );
+    let second = third;
     assert_eq!(
         auth.authenticate(Some(&bearer(&second.access_token)))
             .await
@@ -480,4 +491,57 @@ pub async fn usernames_are_unique_regardless_of_case(plane: &TenantPlane) {
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+pub async fn concurrent_refreshes_of_one_token_share_its_successor(plane: &TenantPlane) {
+    let auth = plane.auth();
+    user(plane, "two-tabs", Role::Viewer).await;
+    let login = auth
+        .login("two-tabs", PASSWORD, ClientMeta::default())
+        .await
+        .unwrap();
+    let mut token = login.refresh_token.clone();
+    for _ in 0..5 {
+        let (a, b, c) = tokio::join!(
+            auth.refresh(&token),
+            auth.refresh(&token),
+            auth.refresh(&token)
+        );
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert_eq!(a.refresh_token, b.refresh_token);
+        assert_eq!(b.refresh_token, c.refresh_token);
+        for pair in [&a, &b, &c] {
+            auth.authenticate(Some(&bearer(&pair.access_token)))
+                .await
+                .unwrap();
+        }
+        // The session goes on from the shared successor.
+        let next = auth.refresh(&a.refresh_token).await.unwrap();
+        auth.authenticate(Some(&bearer(&next.access_token)))
+            .await
+            .unwrap();
+        token = next.refresh_token;
+    }
+}
+
+pub async fn without_grace_a_replayed_refresh_token_ends_the_session(plane: &TenantPlane) {
+    let auth = plane.auth();
+    user(plane, "no-grace", Role::Viewer).await;
+    let first = auth
+        .login("no-grace", PASSWORD, ClientMeta::default())
+        .await
+        .unwrap();
+    let second = auth.refresh(&first.refresh_token).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        auth.refresh(&first.refresh_token).await.unwrap_err().code(),
+        "invalid_refresh_token"
+    );
+    assert_eq!(
+        auth.authenticate(Some(&bearer(&second.access_token)))
+            .await
+            .unwrap_err()
+            .code(),
+        "session_revoked"
+    );
 }

@@ -126,6 +126,7 @@ macro_rules! backend_suite {
             case!(auth::a_role_change_takes_effect_on_the_next_request);
             case!(auth::the_last_admin_cannot_be_demoted_or_disabled);
             case!(auth::usernames_are_unique_regardless_of_case);
+            case!(auth::concurrent_refreshes_of_one_token_share_its_successor);
             case!(contention::concurrent_writes_are_acknowledged_and_kept);
         }
     };
@@ -135,3 +136,11 @@ backend_suite!(sqlite, super::sqlite_plane);
 backend_suite!(postgres, super::postgres_plane);
 backend_suite!(pgbouncer_transaction, super::pgbouncer_transaction_plane);
 backend_suite!(pgbouncer_session, super::pgbouncer_session_plane);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_grace_a_replayed_refresh_token_ends_the_session() {
+    let dir = tp_tests::temp_dir("conformance");
+    let url = format!("sqlite://{}", dir.join("tp.db").display());
+    let plane = plane_with(&url, &[("TP_REFRESH_REUSE_GRACE_SECS", "0")]).await;
+    auth::without_grace_a_replayed_refresh_token_ends_the_session(&plane).await;
+}

@@ -144,6 +144,9 @@ pub struct Auth {
     jwt: Jwt,
     revocations: Arc<Revocations>,
     refresh_ttl: Duration,
+    refresh_reuse_grace: Duration,
+    /// Derives a refresh token's successor, so a retry gets the same one.
+    successor_key: hmac::Hmac<sha2::Sha256>,
     access_ttl: Duration,
     leeway: Duration,
     keys: Mutex<HashMap<String, (Instant, Option<KeyRecord>)>>,
@@ -173,6 +176,13 @@ impl Auth {
             jwt: Jwt::new(&config.auth, &config.tenant_id),
             revocations,
             refresh_ttl: config.auth.refresh_ttl,
+            refresh_reuse_grace: config.auth.refresh_reuse_grace,
+            successor_key: {
+                use hmac::Mac;
+                use secrecy::ExposeSecret;
+                hmac::Hmac::new_from_slice(config.auth.jwt_secret.expose_secret().as_bytes())
+                    .map_err(|e| Error::internal(format!("refresh key: {e}")))?
+            },
             access_ttl: config.auth.access_ttl,
             leeway: config.auth.leeway,
             keys: Mutex::new(HashMap::new()),

@@ -198,16 +198,36 @@ impl Auth {
         })
     }
 
+    /// The refresh token that `refresh_token` is exchanged for: derived
+    /// from it with a server key, so a retry of the same exchange computes
+    /// the same one and nothing secret needs storing.
+    fn successor(&self, refresh_token: &str) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut mac = self.successor_key.clone();
+        mac.update(b"tenant-plane refresh successor\0");
+        mac.update(refresh_token.as_bytes());
+        let bytes = mac.finalize().into_bytes();
+        format!(
+            "{REFRESH_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..32])
+        )
+    }
+
     /// Exchanges a refresh token for a new pair. Each refresh token works
-    /// once: presenting a used one ends the session (it was stolen or replayed).
+    /// once; presenting it again within the grace window (a retry after a
+    /// lost answer, a second tab) answers with the same successor, as long
+    /// as that one is still unused. Later, it ends the session: it was
+    /// stolen or replayed.
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair> {
         if !refresh_token.starts_with(REFRESH_PREFIX) || refresh_token.len() > 128 {
             return Err(bad_refresh());
         }
         let hash = digest(refresh_token);
         let now = now_ms();
-        let next = format!("{REFRESH_PREFIX}{}", random_token(32)?);
+        let next = self.successor(refresh_token);
         let next_hash = digest(&next);
+        let grace = i64::try_from(self.refresh_reuse_grace.as_millis()).unwrap_or(0);
         let revocation_expires =
             now + i64::try_from(self.revocation_lifetime().as_millis()).unwrap_or(i64::MAX / 2);
         enum Outcome {
@@ -239,7 +259,46 @@ impl Auth {
                 if revoked_at.is_some() || expires_at <= now {
                     return Ok(Outcome::Refused);
                 }
-                if used_at.is_some() {
+                let user: (String, bool, i64) = users::table
+                    .find(&user_id)
+                    .select((users::role, users::disabled, users::token_version))
+                    .first(c)
+                    .await?;
+                if user.1 {
+                    return Ok(Outcome::Refused);
+                }
+                // Claimed here, or by a concurrent exchange of the same token.
+                let claimed = if used_at.is_none() {
+                    diesel::update(
+                        refresh_tokens::table
+                            .find(&hash)
+                            .filter(refresh_tokens::used_at.is_null()),
+                    )
+                    .set(refresh_tokens::used_at.eq(now))
+                    .execute(c)
+                    .await?
+                } else {
+                    0
+                };
+                let reused_in_grace = claimed == 0 && {
+                    let used_at: Option<i64> = refresh_tokens::table
+                        .find(&hash)
+                        .select(refresh_tokens::used_at)
+                        .first(c)
+                        .await?;
+                    let successor_unused: Option<Option<i64>> = refresh_tokens::table
+                        .find(&next_hash)
+                        .select(refresh_tokens::used_at)
+                        .first(c)
+                        .await
+                        .optional()?;
+                    used_at.is_some_and(|at| now - at <= grace) && successor_unused == Some(None)
+                };
+                if reused_in_grace {
+                    // The same successor again, with a fresh access token.
+                    return Ok(Outcome::Rotated(user_id, session_id, user.0, user.2));
+                }
+                if claimed == 0 {
                     let entry = Revocation {
                         subject: session_subject(&session_id),
                         revoked_at: now,
@@ -259,29 +318,6 @@ impl Auth {
                         .execute(c)
                         .await?;
                     return Ok(Outcome::Reused(entry));
-                }
-                // Role and token version from one row: a refresh that reads
-                // the role from before a change also gets the old version,
-                // which the change has made stale.
-                let user: (String, bool, i64) = users::table
-                    .find(&user_id)
-                    .select((users::role, users::disabled, users::token_version))
-                    .first(c)
-                    .await?;
-                if user.1 {
-                    return Ok(Outcome::Refused);
-                }
-                // Only one concurrent refresh may win the token.
-                let claimed = diesel::update(
-                    refresh_tokens::table
-                        .find(&hash)
-                        .filter(refresh_tokens::used_at.is_null()),
-                )
-                .set(refresh_tokens::used_at.eq(now))
-                .execute(c)
-                .await?;
-                if claimed == 0 {
-                    return Ok(Outcome::Refused);
                 }
                 diesel::insert_into(refresh_tokens::table)
                     .values((

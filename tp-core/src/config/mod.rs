@@ -178,6 +178,8 @@ pub struct AuthConfig {
     pub access_ttl: Duration,
     /// Lifetime of sessions (refresh tokens).
     pub refresh_ttl: Duration,
+    /// How long a used refresh token still answers with its successor.
+    pub refresh_reuse_grace: Duration,
     /// Clock skew tolerated when checking `exp`, `nbf` and `iat`.
     pub leeway: Duration,
     /// Interval of the database poll that backs up Redis revocation messages.
@@ -395,6 +397,7 @@ impl Config {
                 .unwrap_or_else(|| format!("tenant-plane:{tenant_id}")),
             access_ttl,
             refresh_ttl: seconds(env, vars::REFRESH_TOKEN_TTL, 30 * 86_400, 60, 365 * 86_400)?,
+            refresh_reuse_grace: seconds(env, vars::REFRESH_REUSE_GRACE, 10, 0, 300)?,
             leeway: Duration::from_secs(30),
             revocation_poll: millis(env, vars::REVOCATION_POLL, 2000, 100, 600_000)?,
         };

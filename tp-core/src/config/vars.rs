@@ -70,6 +70,9 @@ pub const TRUSTED_PROXIES: &str = "TP_TRUSTED_PROXIES";
 pub const ACCESS_TOKEN_TTL: &str = "TP_ACCESS_TOKEN_TTL_SECS";
 /// Refresh token (session) lifetime in seconds.
 pub const REFRESH_TOKEN_TTL: &str = "TP_REFRESH_TOKEN_TTL_SECS";
+/// Seconds a used refresh token still answers with the pair it was
+/// exchanged for (a retry, a second tab); 0 turns the grace off.
+pub const REFRESH_REUSE_GRACE: &str = "TP_REFRESH_REUSE_GRACE_SECS";
 /// `iss` of issued tokens.
 pub const JWT_ISSUER: &str = "TP_JWT_ISSUER";
 /// `aud` of issued tokens.

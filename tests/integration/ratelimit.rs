@@ -340,3 +340,68 @@ async fn with_limits_off_nothing_is_refused_or_announced() {
         );
     }
 }
+
+/// `GET /api/auth/me` with `token`, as if from `ip` behind a trusted proxy.
+async fn from(replica: &Replica, ip: &str, token: &str) -> tp_tests::Reply {
+    let authorization = format!("Bearer {token}");
+    Client::new()
+        .send(
+            Method::GET,
+            &replica.url("/api/auth/me"),
+            &[("x-forwarded-for", ip), ("authorization", &authorization)],
+            None,
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_limited_per_client_address() {
+    let mut env = prod_env(&fresh_database());
+    set(&mut env, "TP_TRUSTED_PROXIES", "127.0.0.1/32");
+    set(&mut env, "TP_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", "30");
+    let replica = Replica::start(&env);
+    let admin = replica.admin_token(&env).await;
+    // Forged tokens and unknown keys from one address: 401 while the
+    // burst lasts (10 for 30 a minute), then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let token = if i % 2 == 0 {
+            format!("eyJhbGciOiJIUzI1NiJ9.e30.forged{i}")
+        } else {
+            format!("tpk_{:016x}_guess{i}", 0xabc0_u64 + i)
+        };
+        let reply = from(&replica, "198.51.100.7", &token).await;
+        if reply.status == 429 {
+            assert!(reply.header("retry-after").is_some());
+            assert_eq!(reply.json()["code"], "rate_limited");
+        } else {
+            assert_eq!(reply.status, 401);
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    println!("40 bad credentials from one address: {refused} refused with 429");
+    assert!((25..=31).contains(&refused), "{statuses:?}");
+    // Even a valid token from that address waits; other addresses do not.
+    assert_eq!(from(&replica, "198.51.100.7", &admin).await.status, 429);
+    assert_eq!(from(&replica, "198.51.100.8", &admin).await.status, 200);
+    // An ended session is what honest clients send, not guessing: never limited.
+    let login = replica.login_as(&env, "leaver", "viewer").await;
+    let ended = login["access_token"].as_str().unwrap().to_owned();
+    let logout = Client::new()
+        .with_token(&ended)
+        .json(
+            Method::POST,
+            &replica.url("/api/auth/logout"),
+            None,
+            &json!({}),
+        )
+        .await;
+    assert!(logout.status.is_success(), "{:?}", logout.status);
+    for _ in 0..40 {
+        let reply = from(&replica, "198.51.100.9", &ended).await;
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.json()["code"], "session_revoked");
+    }
+}

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+mod auth_failures;
 mod client_ip;
 mod context;
 pub mod error;

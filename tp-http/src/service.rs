@@ -58,17 +58,24 @@ struct Inner {
     trusted_proxies: Vec<IpNet>,
     /// `RateLimit-Policy` of each policy.
     policy_headers: Vec<(Policy, HeaderValue)>,
+    /// Addresses whose failed authentications ran out of quota.
+    auth_failures: crate::auth_failures::AuthFailures,
 }
 
 impl Api {
     /// The API over `plane`, with limits from its configuration.
     pub fn new(plane: Arc<TenantPlane>) -> Api {
         let http = plane.config().http.clone();
-        let policy_headers = [LimitClass::User, LimitClass::Anonymous, LimitClass::Login]
-            .into_iter()
-            .map(|class| plane.rate_limiter().policy(class))
-            .filter_map(|policy| Some((policy, policy_header(&policy)?)))
-            .collect();
+        let policy_headers = [
+            LimitClass::User,
+            LimitClass::Anonymous,
+            LimitClass::Login,
+            LimitClass::AuthFailure,
+        ]
+        .into_iter()
+        .map(|class| plane.rate_limiter().policy(class))
+        .filter_map(|policy| Some((policy, policy_header(&policy)?)))
+        .collect();
         Api {
             inner: Arc::new(Inner {
                 policy_headers,
@@ -78,6 +85,7 @@ impl Api {
                 max_body: http.max_body_bytes,
                 request_timeout: http.request_timeout,
                 trusted_proxies: http.trusted_proxies,
+                auth_failures: Default::default(),
             }),
         }
     }
@@ -165,9 +173,9 @@ impl Api {
                 // Admission (license, authentication), then the rate limit:
                 // either may answer for the handler.
                 let gates = async {
-                    let principal = admit(inner, matched.route, &parts.headers)
-                        .await
-                        .map_err(|e| ApiError::from(e).into_response(request_id))?;
+                    let principal =
+                        admit_guarded(inner, matched.route, &parts.headers, peer, request_id)
+                            .await?;
                     let limit = limit(
                         inner,
                         matched.route.pattern,
@@ -241,6 +249,58 @@ async fn admit(
             let principal = inner.plane.auth().authenticate(authorization).await?;
             principal.require(needed)?;
             Ok(Some(principal))
+        }
+    }
+}
+
+/// [`admit`], with failed authentications limited per client address: an
+/// address whose tokens or keys keep failing to verify gets 429 for a
+/// while, without another verification or key lookup.
+async fn admit_guarded(
+    inner: &Inner,
+    route: &crate::router::Route,
+    headers: &http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    request_id: &str,
+) -> Result<Option<tp_core::auth::Principal>, Response> {
+    let guarded = matches!(route.access, Access::Role(_))
+        && inner.plane.rate_limiter().is_enabled()
+        && headers.contains_key(header::AUTHORIZATION);
+    let ip = guarded
+        .then(|| client_ip::client_ip(peer, headers, &inner.trusted_proxies))
+        .flatten();
+    if let Some(ip) = ip
+        && let Some(retry_after) = inner.auth_failures.blocked(ip)
+    {
+        return Err(ApiError::from(Error::RateLimited { retry_after }).into_response(request_id));
+    }
+    match admit(inner, route, headers).await {
+        Ok(principal) => Ok(principal),
+        Err(error) => {
+            if let Some(ip) = ip
+                && crate::auth_failures::is_guess(&error)
+            {
+                let decision = inner
+                    .plane
+                    .rate_limiter()
+                    .check(LimitClass::AuthFailure, &format!("authfail:ip:{ip}"))
+                    .await;
+                telemetry::metrics().record_limit(
+                    decision.policy.name,
+                    decision.source,
+                    decision.allowed,
+                );
+                if !decision.allowed {
+                    let retry_after = decision.retry_after.unwrap_or(Duration::from_secs(1));
+                    inner.auth_failures.block(ip, retry_after);
+                    tracing::warn!(client_ip = %ip, retry_after_ms = retry_after.as_millis() as u64, "too many failed authentications; refusing the address for a while");
+                    let mut response = ApiError::from(Error::RateLimited { retry_after })
+                        .into_response(request_id);
+                    rate_limit_headers(inner, &mut response, &decision);
+                    return Err(response);
+                }
+            }
+            Err(ApiError::from(error).into_response(request_id))
         }
     }
 }

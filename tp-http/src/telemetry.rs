@@ -25,7 +25,7 @@ pub(crate) struct Metrics {
 }
 
 /// Rate limit policies, in the order of [`DECISIONS`].
-const POLICIES: [&str; 3] = ["user", "anon", "login"];
+const POLICIES: [&str; 4] = ["user", "anon", "login", "auth_failure"];
 /// Deciding limiters, in the order of [`DECISIONS`].
 const SOURCES: [Source; 6] = [
     Source::Disabled,

@@ -255,6 +255,8 @@ pub struct RateLimitConfig {
     pub anon_per_minute: u32,
     /// Login attempts per minute per client IP.
     pub login_per_minute: u32,
+    /// Failed authentications per client IP per minute.
+    pub auth_failures_per_minute: u32,
     /// Behaviour when Redis fails.
     pub fallback: RedisFallback,
     /// Most requests of one key admitted from one Redis round trip.
@@ -449,6 +451,13 @@ impl Config {
             burst: number(env, vars::RATE_LIMIT_BURST, 100, 1, 1_000_000)?,
             anon_per_minute: number(env, vars::RATE_LIMIT_ANON_PER_MINUTE, 300, 1, 10_000_000)?,
             login_per_minute: number(env, vars::RATE_LIMIT_LOGIN_PER_MINUTE, 10, 1, 100_000)?,
+            auth_failures_per_minute: number(
+                env,
+                vars::RATE_LIMIT_AUTH_FAILURES_PER_MINUTE,
+                60,
+                1,
+                1_000_000,
+            )?,
             lease_max: number(env, vars::RATE_LIMIT_LEASE_MAX, 32, 1, 1024)?,
             fallback: match optional(env, vars::RATE_LIMIT_FALLBACK).as_deref() {
                 None | Some("local") => RedisFallback::Local,

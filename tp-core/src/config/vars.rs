@@ -89,6 +89,8 @@ pub const RATE_LIMIT_BURST: &str = "TP_RATE_LIMIT_BURST";
 pub const RATE_LIMIT_ANON_PER_MINUTE: &str = "TP_RATE_LIMIT_ANON_PER_MINUTE";
 /// Login attempts per minute per client IP.
 pub const RATE_LIMIT_LOGIN_PER_MINUTE: &str = "TP_RATE_LIMIT_LOGIN_PER_MINUTE";
+/// Failed authentications (bad tokens, unknown API keys) per client IP per minute.
+pub const RATE_LIMIT_AUTH_FAILURES_PER_MINUTE: &str = "TP_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE";
 /// What to do when Redis fails: `local`, `open` or `closed`.
 pub const RATE_LIMIT_FALLBACK: &str = "TP_RATE_LIMIT_FALLBACK";
 /// Most requests of one key a replica admits from one Redis round trip

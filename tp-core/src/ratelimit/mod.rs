@@ -135,6 +135,8 @@ pub enum LimitClass {
     Anonymous,
     /// Login attempts, by IP.
     Login,
+    /// Failed authentications (bad tokens, unknown keys), by IP.
+    AuthFailure,
 }
 
 /// The limiter of one replica.
@@ -144,6 +146,7 @@ pub struct RateLimiter {
     user: Policy,
     anon: Policy,
     login: Policy,
+    auth_failure: Policy,
     local: LocalLimiter,
     global: Option<(GlobalLimiter, Duration)>,
     open_until: Mutex<Option<Instant>>,
@@ -169,13 +172,19 @@ impl RateLimiter {
             per_minute: config.login_per_minute,
             burst: config.login_per_minute.clamp(1, 5),
         };
+        let auth_failure = Policy {
+            name: "auth_failure",
+            per_minute: config.auth_failures_per_minute,
+            burst: (config.auth_failures_per_minute / 3).clamp(1, 20),
+        };
         let limiter = Arc::new(Self {
             enabled: config.enabled,
             fallback: config.fallback,
             user,
             anon,
             login,
-            local: LocalLimiter::new(&[user, anon, login]),
+            auth_failure,
+            local: LocalLimiter::new(&[user, anon, login, auth_failure]),
             global: redis.map(|r| {
                 let timeout = r.timeout();
                 (GlobalLimiter::new(r, tenant, config.lease_max), timeout)
@@ -194,6 +203,7 @@ impl RateLimiter {
             LimitClass::User => self.user,
             LimitClass::Anonymous => self.anon,
             LimitClass::Login => self.login,
+            LimitClass::AuthFailure => self.auth_failure,
         }
     }
 

@@ -7,7 +7,7 @@
 //! export TP_TEST_STATE_DIR=/tmp/tp-bench-state; mkdir -p $TP_TEST_STATE_DIR
 //! cargo build --release -p tp-bin    # the replicas run target/release/tenant-plane
 //! cargo bench -p tp-tests --bench plane                # every section
-//! cargo bench -p tp-tests --bench plane -- auth        # one section (vector, auth, ratelimit)
+//! cargo bench -p tp-tests --bench plane -- auth        # one section (vector, auth, ratelimit, tls)
 //! TP_BENCH_VECTORS=20000 cargo bench -p tp-tests --bench plane -- vector   # quick
 //! ```
 //!
@@ -18,7 +18,9 @@
 //! - `auth`: authenticated vs unauthenticated requests on one replica, and a
 //!   bare hyper server;
 //! - `ratelimit`: no limiter vs the local limiter vs the Redis limiter, and
-//!   one Redis round trip.
+//!   one Redis round trip;
+//! - `tls`: searches and authenticated requests with PostgreSQL (through
+//!   PgBouncer) and Redis over TLS vs in plaintext.
 //!
 //! Every load loop is bounded by a request count and by time. Client and
 //! server share the machine's cores, which the report says.
@@ -38,6 +40,8 @@ mod data;
 mod load;
 #[path = "plane/report.rs"]
 mod report;
+#[path = "plane/tls.rs"]
+mod tls;
 #[path = "plane/vector.rs"]
 mod vector;
 
@@ -91,7 +95,7 @@ impl Opts {
     }
 }
 
-const SECTIONS: [&str; 3] = ["vector", "auth", "ratelimit"];
+const SECTIONS: [&str; 4] = ["vector", "auth", "ratelimit", "tls"];
 
 /// What is missing to run, as instructions.
 fn preflight() -> Result<PathBuf, String> {
@@ -101,6 +105,8 @@ fn preflight() -> Result<PathBuf, String> {
         "TP_TEST_REDIS_SERVER",
         "TP_TEST_NGINX",
         "TP_TEST_PYTHON",
+        "TP_TEST_PGBOUNCER",
+        "TP_TEST_PG_TLS_BIN",
     ]
     .into_iter()
     .filter(|v| std::env::var_os(v).is_none())
@@ -218,6 +224,7 @@ fn main() -> ExitCode {
                 "vector" => vector::run(&opts, &services, &mut summary).await,
                 "auth" => auth::run_auth(&opts, &services, &mut summary).await,
                 "ratelimit" => auth::run_ratelimit(&opts, &services, &mut summary).await,
+                "tls" => tls::run(&opts, &services, &mut summary).await,
                 _ => unreachable!("unknown section"),
             }
             println!(

@@ -117,6 +117,7 @@ macro_rules! backend_suite {
             case!(vectors::include_flags_and_documents);
             case!(vectors::search_input_is_validated);
             case!(vectors::large_values_give_finite_scores_or_a_clear_refusal);
+            case!(vectors::nul_characters_and_oversized_filters_are_refused);
             case!(auth::users_are_validated);
             case!(auth::login_checks_the_password_the_same_way_for_unknown_users);
             case!(auth::refresh_rotates_and_reuse_ends_the_session);

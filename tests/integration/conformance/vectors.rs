@@ -581,3 +581,69 @@ pub async fn large_values_give_finite_scores_or_a_clear_refusal(plane: &TenantPl
         .await
         .unwrap();
 }
+
+pub async fn nul_characters_and_oversized_filters_are_refused(plane: &TenantPlane) {
+    let v = plane.vectors();
+    v.create_collection(new("nul", 2, Metric::L2))
+        .await
+        .unwrap();
+    let with = |content: Option<&str>, metadata: Value| NewDocument {
+        id: "x".into(),
+        vector: vec![1.0, 2.0],
+        content: content.map(str::to_owned),
+        metadata: Some(metadata),
+    };
+    for (document, code) in [
+        (with(Some("a\0b"), json!({})), "invalid_content"),
+        (with(None, json!({"k": "a\0"})), "invalid_metadata"),
+        (with(None, json!({"k\0": 1})), "invalid_metadata"),
+        (
+            with(None, json!({"deep": [{"k": "\0"}]})),
+            "invalid_metadata",
+        ),
+    ] {
+        let refused = v.upsert("nul", vec![document]).await.unwrap_err();
+        assert_eq!(refused.code(), code);
+    }
+    assert_eq!(
+        v.get_collection("nul").await.unwrap().document_count,
+        Some(0)
+    );
+
+    let docs: Vec<NewDocument> = (0..50)
+        .map(|i| {
+            doc(
+                &format!("d{i}"),
+                &[i as f32, 1.0],
+                json!({"n": i, "tag": format!("t{i}")}),
+            )
+        })
+        .collect();
+    v.upsert("nul", docs).await.unwrap();
+    let filtered = |filter: Value| {
+        let mut q = query(&[1.0, 1.0], 10);
+        q.filter = Some(filter);
+        q
+    };
+    let refused = v
+        .search("nul", filtered(json!({"tag": "t\0"})))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "invalid_filter");
+    // 4 x 1024 values: the most a filter may compare with, one bind each.
+    let many = |offset: usize| (offset..offset + 1024).collect::<Vec<_>>();
+    let at_limit = json!({"$or": [
+        {"n": {"$in": many(0)}}, {"n": {"$in": many(2000)}},
+        {"n": {"$in": many(4000)}}, {"n": {"$in": many(6000)}}
+    ]});
+    let hits = v.search("nul", filtered(at_limit)).await.unwrap();
+    assert_eq!(hits.len(), 10);
+    // 256 conditions of 1024 values each would be 262,144 binds.
+    let conditions: Vec<Value> = (0..256).map(|i| json!({"n": {"$in": many(i)}})).collect();
+    let refused = v
+        .search("nul", filtered(json!({"$or": conditions})))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "invalid_filter");
+    assert!(refused.to_string().contains("4096"), "{refused}");
+}

@@ -22,6 +22,9 @@ const MAX_DEPTH: usize = 16;
 const MAX_CONDITIONS: usize = 256;
 const MAX_IN_VALUES: usize = 1024;
 const MAX_PATH_SEGMENTS: usize = 8;
+/// Values a whole filter compares with: each is a bind parameter on
+/// PostgreSQL, which takes at most 65,535 in one statement.
+const MAX_VALUES: usize = 4096;
 
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,12 +102,17 @@ fn bad(message: impl Into<String>) -> Error {
 
 struct Parser {
     conditions: usize,
+    values: usize,
 }
 
 impl Filter {
     /// Parses a filter from its JSON form.
     pub fn parse(value: &Value) -> Result<Filter> {
-        Parser { conditions: 0 }.object(value, 0)
+        Parser {
+            conditions: 0,
+            values: 0,
+        }
+        .object(value, 0)
     }
 
     /// Whether `metadata` satisfies the filter.
@@ -165,12 +173,33 @@ impl Parser {
         })
     }
 
+    /// Counts the values a test compares with; refuses text PostgreSQL cannot hold.
+    fn operand(&mut self, operand: &Value) -> Result<()> {
+        self.values += match operand {
+            Value::Array(values) => values.len().max(1),
+            _ => 1,
+        };
+        if self.values > MAX_VALUES {
+            return Err(bad(format!(
+                "a filter may compare with at most {MAX_VALUES} values in all"
+            )));
+        }
+        if has_nul(operand) {
+            return Err(bad("filter values must not contain NUL characters"));
+        }
+        Ok(())
+    }
+
     fn field(&mut self, key: &str, value: &Value) -> Result<Filter> {
+        if key.contains('\0') {
+            return Err(bad("field names must not contain NUL characters"));
+        }
         let path = parse_path(key)?;
         let operators = match value {
             Value::Object(map) if !map.is_empty() && map.keys().all(|k| k.starts_with('$')) => map,
             _ => {
                 self.count()?;
+                self.operand(value)?;
                 return Ok(Filter::Field {
                     path,
                     test: Test::Eq(value.clone()),
@@ -180,6 +209,7 @@ impl Parser {
         let mut tests = Vec::with_capacity(operators.len());
         for (op, operand) in operators {
             self.count()?;
+            self.operand(operand)?;
             tests.push(Filter::Field {
                 path: path.clone(),
                 test: test(op, operand)?,
@@ -240,6 +270,17 @@ fn test(op: &str, operand: &Value) -> Result<Test> {
         }
         other => return Err(bad(format!("unknown operator {other:?}"))),
     })
+}
+
+/// Whether any string in `value` (keys included) holds a NUL character,
+/// which PostgreSQL's `text` and `jsonb` refuse.
+pub(crate) fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 fn parse_path(key: &str) -> Result<Vec<String>> {

@@ -368,6 +368,18 @@ pub fn check_batch(documents: &mut [NewDocument], collection: &Collection) -> Re
                 ));
             }
         }
+        if doc.content.as_ref().is_some_and(|c| c.contains('\0')) {
+            return Err(Error::invalid(
+                "invalid_content",
+                format!("documents[{i}].content must not contain NUL characters"),
+            ));
+        }
+        if doc.metadata.as_ref().is_some_and(super::filter::has_nul) {
+            return Err(Error::invalid(
+                "invalid_metadata",
+                format!("documents[{i}].metadata must not contain NUL characters"),
+            ));
+        }
         let size = serde_json::to_vec(&doc.metadata)?.len();
         if size > MAX_METADATA_BYTES {
             return Err(Error::invalid(

@@ -307,3 +307,37 @@ async fn a_second_replica_on_the_same_sqlite_file_is_refused() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["vector_db"], "embedded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_gets_408_problem_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = tp_tests::replica::prod_env(&tp_tests::postgres::fresh_database());
+    tp_tests::replica::set(&mut env, "TP_BODY_READ_TIMEOUT_MS", "500");
+    let replica = tp_tests::Replica::start(&env);
+    let mut stream = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+    // Headers promise 100 bytes; 10 come, then nothing.
+    stream
+        .write_all(
+            b"POST /api/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"username",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut reply = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut reply),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(read.is_ok(), "no answer within 10 s");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"code\":\"body_timeout\""), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}

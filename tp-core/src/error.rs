@@ -32,6 +32,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The request took longer than allowed.
     Timeout,
+    /// The client did not send its request in time.
+    ClientTimeout,
     /// The license does not allow this call.
     LicenseRequired,
     /// A bug or an unexpected failure; details only in the log.
@@ -118,6 +120,12 @@ pub enum Error {
         /// Safe explanation.
         message: String,
     },
+    /// The client sent its request too slowly.
+    #[error("{message}")]
+    ClientTimeout {
+        /// Safe explanation.
+        message: String,
+    },
     /// The license is missing, invalid or expired past its grace period.
     #[error("{message}")]
     LicenseRequired {
@@ -151,6 +159,7 @@ impl Error {
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::ClientTimeout { .. } => ErrorKind::ClientTimeout,
             Error::LicenseRequired { .. } => ErrorKind::LicenseRequired,
             Error::Internal { .. } => ErrorKind::Internal,
         }
@@ -170,6 +179,7 @@ impl Error {
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::UnsupportedMediaType { .. } => "unsupported_media_type",
             Error::RateLimited { .. } => "rate_limited",
+            Error::ClientTimeout { .. } => "body_timeout",
             Error::Internal { .. } => "internal",
         }
     }

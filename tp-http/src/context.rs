@@ -22,6 +22,8 @@ pub(crate) struct Ctx {
     pub(crate) client_ip: Option<IpAddr>,
     pub(crate) body: Option<RequestBody>,
     pub(crate) max_body: usize,
+    /// Bound on reading the whole body.
+    pub(crate) body_timeout: std::time::Duration,
     pub(crate) principal: Option<Principal>,
     pub(crate) metrics: Option<crate::MetricsRenderer>,
 }
@@ -95,22 +97,35 @@ impl Ctx {
         let Some(mut body) = self.body.take() else {
             return Ok(Bytes::new());
         };
-        let mut buffer = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                ApiError::from(Error::invalid(
-                    "body_read_failed",
-                    format!("could not read the request body: {e}"),
-                ))
-            })?;
-            if let Ok(data) = frame.into_data() {
-                if buffer.len() + data.len() > limit {
-                    return Err(Error::PayloadTooLarge { limit }.into());
+        let timeout = self.body_timeout;
+        let read = async {
+            let mut buffer = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| {
+                    ApiError::from(Error::invalid(
+                        "body_read_failed",
+                        format!("could not read the request body: {e}"),
+                    ))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if buffer.len() + data.len() > limit {
+                        return Err(Error::PayloadTooLarge { limit }.into());
+                    }
+                    buffer.extend_from_slice(&data);
                 }
-                buffer.extend_from_slice(&data);
             }
-        }
-        Ok(buffer.freeze())
+            Ok(buffer.freeze())
+        };
+        // A client that trickles its body would hold the request (and its
+        // connection) until the request timeout.
+        tokio::time::timeout(timeout, read).await.map_err(|_| {
+            ApiError::from(Error::ClientTimeout {
+                message: format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            })
+        })?
     }
 
     /// The body parsed as JSON; requires a JSON content type.

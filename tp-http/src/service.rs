@@ -54,6 +54,7 @@ struct Inner {
     plane: Arc<TenantPlane>,
     router: Router,
     max_body: usize,
+    body_timeout: Duration,
     request_timeout: Duration,
     trusted_proxies: Vec<IpNet>,
     /// `RateLimit-Policy` of each policy.
@@ -83,6 +84,7 @@ impl Api {
                 plane,
                 router: handlers::routes(),
                 max_body: http.max_body_bytes,
+                body_timeout: http.body_read_timeout,
                 request_timeout: http.request_timeout,
                 trusted_proxies: http.trusted_proxies,
                 auth_failures: Default::default(),
@@ -201,6 +203,7 @@ impl Api {
                     params: matched.params,
                     body: Some(body.map_err(Into::into).boxed_unsync()),
                     max_body: inner.max_body,
+                    body_timeout: inner.body_timeout,
                     principal,
                     metrics: inner.metrics.get().cloned(),
                 };

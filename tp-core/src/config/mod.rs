@@ -219,6 +219,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Deadline for request headers.
     pub header_read_timeout: Duration,
+    /// Bound on reading a request body.
+    pub body_read_timeout: Duration,
     /// Deadline for a whole request.
     pub request_timeout: Duration,
     /// After SIGTERM: readiness fails at once and serving goes on this long.
@@ -431,6 +433,7 @@ impl Config {
             port: number(env, vars::PORT, 3000, 0, 65_535)?,
             max_body_bytes: number(env, vars::MAX_BODY_BYTES, 8 << 20, 1024, 1 << 30)?,
             header_read_timeout: millis(env, vars::HEADER_READ_TIMEOUT, 10_000, 100, 600_000)?,
+            body_read_timeout: millis(env, vars::BODY_READ_TIMEOUT, 30_000, 100, 3_600_000)?,
             request_timeout: millis(env, vars::REQUEST_TIMEOUT, 60_000, 100, 3_600_000)?,
             // No load balancer to wait for in dev mode: Ctrl-C stops at once.
             drain_delay: millis(

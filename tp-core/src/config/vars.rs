@@ -56,6 +56,8 @@ pub const DATA_DIR: &str = "TP_DATA_DIR";
 pub const MAX_BODY_BYTES: &str = "TP_MAX_BODY_BYTES";
 /// Deadline for a client to send request headers, in milliseconds.
 pub const HEADER_READ_TIMEOUT: &str = "TP_HEADER_READ_TIMEOUT_MS";
+/// Bound on reading a request body, in milliseconds (408 past it).
+pub const BODY_READ_TIMEOUT: &str = "TP_BODY_READ_TIMEOUT_MS";
 /// Deadline for a whole request, in milliseconds.
 pub const REQUEST_TIMEOUT: &str = "TP_REQUEST_TIMEOUT_MS";
 /// Async worker threads of a serving replica (default: one per CPU it may use).

@@ -277,6 +277,9 @@ impl From<diesel::result::Error> for Error {
             D::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => busy(info.message()),
             other => {
                 let text = other.to_string();
+                if let Some(error) = storage_fault(&text) {
+                    return error.with_log(&text);
+                }
                 // SQLite's SQLITE_BUSY and SQLITE_LOCKED: another writer held
                 // the lock past the busy timeout.
                 if text.contains("database is locked") || text.contains("database table is locked")
@@ -297,6 +300,34 @@ impl From<diesel::result::Error> for Error {
             }
         }
     }
+}
+
+/// A database that cannot write for lack of space or a broken file, as a
+/// retryable 503 rather than a 500: SQLite's SQLITE_FULL, SQLITE_READONLY,
+/// SQLITE_CANTOPEN and SQLITE_IOERR, PostgreSQL's disk_full (53100).
+fn storage_fault(text: &str) -> Option<Error> {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("database or disk is full")
+        || lower.contains("no space left on device")
+        || lower.contains("could not extend file")
+    {
+        return Some(Error::unavailable(
+            "storage_full",
+            "the database's storage is full",
+            Some(Duration::from_secs(5)),
+        ));
+    }
+    if lower.contains("attempt to write a readonly database")
+        || lower.contains("unable to open database file")
+        || lower.contains("disk i/o error")
+    {
+        return Some(Error::unavailable(
+            "storage_unavailable",
+            "the database's storage cannot be written",
+            Some(Duration::from_secs(5)),
+        ));
+    }
+    None
 }
 
 /// Another transaction held what this one needed for longer than the database waits.

@@ -166,14 +166,17 @@ impl Health {
             return false;
         }
         let probe = self.db_probe().await;
-        probe.reachable && !probe.migrations_pending
+        probe.reachable && !probe.migrations_pending && self.db.storage_fault().is_none()
     }
 
     /// The full report for `GET /api/health`.
     pub async fn report(&self) -> HealthReport {
         let probe = self.db_probe().await;
         let draining = self.is_draining();
-        let ready = !draining && probe.reachable && !probe.migrations_pending;
+        let ready = !draining
+            && probe.reachable
+            && !probe.migrations_pending
+            && self.db.storage_fault().is_none();
         let contributors = self
             .contributors
             .lock()

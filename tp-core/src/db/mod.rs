@@ -96,7 +96,13 @@ pub struct Database {
     connect_timeout: Duration,
     /// Held for the life of the process: one replica per SQLite file.
     _sqlite_lock: Option<std::fs::File>,
+    /// The last storage fault (disk full, unwritable file) and when.
+    storage_fault: std::sync::Mutex<Option<(std::time::Instant, &'static str)>>,
 }
+
+/// How long readiness stays 503 after a storage fault: writes that
+/// succeed again for this long mean the space came back.
+pub const STORAGE_FAULT_HOLD: Duration = Duration::from_secs(5);
 
 /// What a health probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +201,7 @@ impl Database {
             query_timeout: config.query_timeout,
             connect_timeout: config.connect_timeout,
             _sqlite_lock: lock,
+            storage_fault: std::sync::Mutex::new(None),
         })
     }
 
@@ -364,6 +371,16 @@ impl Database {
         }
     }
 
+    /// The code of a storage fault in the last [`STORAGE_FAULT_HOLD`]
+    /// (`storage_full`, `storage_unavailable`): readiness is 503 meanwhile.
+    pub fn storage_fault(&self) -> Option<&'static str> {
+        self.storage_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter(|(at, _)| at.elapsed() < STORAGE_FAULT_HOLD)
+            .map(|(_, code)| code)
+    }
+
     /// True while connecting fails (requests are failed fast).
     pub fn is_known_down(&self) -> bool {
         self.signals.is_down()
@@ -481,6 +498,10 @@ impl Database {
                 if e.code() == "database_unavailable" {
                     conn.poison();
                 }
+                if matches!(e.code(), "storage_full" | "storage_unavailable") {
+                    *self.storage_fault.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((std::time::Instant::now(), e.code()));
+                }
                 Err(e)
             }
             Err(_) => {
@@ -506,4 +527,71 @@ fn unavailable_with(detail: &str) -> Error {
         "the database is unavailable",
         Some(Duration::from_secs(1)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+    use super::*;
+    use crate::config::Pooler;
+
+    async fn write_blob(db: &Database, bytes: usize) -> Result<()> {
+        with_conn!(
+            db,
+            pg | _c | Ok(()),
+            sqlite | c | {
+                diesel::sql_query(format!("INSERT INTO fill VALUES (zeroblob({bytes}))"))
+                    .execute(c)
+                    .await?;
+                Ok(())
+            }
+        )
+    }
+
+    async fn pragma(db: &Database, sql: &str) -> Result<()> {
+        with_conn!(
+            db,
+            pg | _c | Ok(()),
+            sqlite | c | {
+                c.batch_execute(sql).await?;
+                Ok(())
+            }
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_a_retryable_503_that_readiness_shows() {
+        let dir = std::env::temp_dir().join(format!("tp-full-{}", uuid::Uuid::new_v4()));
+        let config = DatabaseConfig {
+            url: DatabaseUrl::Sqlite(dir.join("tp.db")),
+            pool_min: 1,
+            // One connection, so the page limit below is the pool's.
+            pool_max: 1,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+            query_timeout: Duration::from_secs(5),
+            auto_migrate: true,
+            pooler: Pooler::None,
+        };
+        let db = Database::open(&config).unwrap();
+        db.migrate().await.unwrap();
+        pragma(&db, "CREATE TABLE fill (b BLOB)").await.unwrap();
+        // SQLite's own "database or disk is full": no room to grow.
+        pragma(&db, "PRAGMA max_page_count = 1").await.unwrap();
+        let full = write_blob(&db, 1 << 20).await.unwrap_err();
+        assert_eq!(
+            (full.kind(), full.code()),
+            (crate::ErrorKind::Unavailable, "storage_full")
+        );
+        assert!(full.retry_after().is_some());
+        assert_eq!(db.storage_fault(), Some("storage_full"));
+        // Room again: writes succeed on the same pool, no restart.
+        pragma(&db, "PRAGMA max_page_count = 1000000")
+            .await
+            .unwrap();
+        write_blob(&db, 1 << 20).await.unwrap();
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

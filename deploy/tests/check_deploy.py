@@ -236,7 +236,7 @@ def check_deployment_common(dep: dict[str, Any], case: str) -> None:
     R.eq(f"{case}: startup probe on /api/health/live", probes["startupProbe"], "/api/health/live")
     R.check(f"{case}: probes use the named port http",
             all(dig(c, p, "httpGet", "port") == "http" for p in probes), str({p: dig(c, p, "httpGet") for p in probes}))
-    R.eq(f"{case}: containerPort 3000 named http", [(p.get("name"), p.get("containerPort")) for p in c.get("ports", [])], [("http", 3000)])
+    R.eq(f"{case}: containerPort 3000 named http, 9464 named metrics", [(p.get("name"), p.get("containerPort")) for p in c.get("ports", [])], [("http", 3000), ("metrics", 9464)])
     R.eq(f"{case}: args serve", c.get("args"), ["serve"])
 
     env = env_map(dep)
@@ -365,7 +365,7 @@ def check_chart() -> None:
     R.check("(a) topology spread does not block scheduling (ScheduleAnyway)", all(t.get("whenUnsatisfiable") == "ScheduleAnyway" for t in tsc))
     ann = dig(dep, "spec", "template", "metadata", "annotations", default={})
     R.check("(a) prometheus scrape annotations", ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/path") == "/metrics"
-            and ann.get("prometheus.io/port") == "3000", str(ann))
+            and ann.get("prometheus.io/port") == "9464", str(ann))
     R.check("(a) secret checksum annotation rolls pods on secret change", bool(ann.get("checksum/secret")))
 
     secret = one(objs, "Secret")
@@ -472,6 +472,19 @@ def check_chart() -> None:
     R.eq("db.pooler turns auto-migration off", dig(pooled, "TP_AUTO_MIGRATE", "value"), "false")
     direct = env_map(one(objects(render(minimal)), "Deployment"))
     R.check("no pooler: no TP_DB_POOLER", "TP_DB_POOLER" not in direct)
+
+    R.start("helm chart: /metrics on its own port")
+    dep = one(objects(render(minimal)), "Deployment")
+    env = env_map(dep)
+    R.eq("TP_METRICS_ADDR on metrics.port", dig(env, "TP_METRICS_ADDR", "value"), "0.0.0.0:9464")
+    ann = dig(dep, "spec", "template", "metadata", "annotations", default={})
+    R.eq("scrape annotation points at it", ann.get("prometheus.io/port"), "9464")
+    ports = {p["name"]: p["containerPort"] for p in container(dep).get("ports", [])}
+    R.eq("a named metrics container port", ports.get("metrics"), 9464)
+    svc_ports = [p.get("targetPort") for p in dig(one(objects(render(minimal)), "Service"), "spec", "ports", default=[])]
+    R.check("the Service does not expose it", "metrics" not in svc_ports and 9464 not in svc_ports, str(svc_ports))
+    same = one(objects(render(merged(minimal, {"metrics": {"port": 0}}))), "Deployment")
+    R.check("metrics.port 0: back on the http port", "TP_METRICS_ADDR" not in env_map(same))
 
     R.start("helm chart: TLS files for the database and Redis")
     tls_values = merged(minimal, {"tls": {"secretName": "tp-tls"},

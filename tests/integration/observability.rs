@@ -218,3 +218,32 @@ async fn traces_and_metrics_are_exported_over_otlp() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_move_off_the_api_port() {
+    let mut env = prod_env(&fresh_database());
+    let port = tp_tests::free_port();
+    set(&mut env, "TP_METRICS_ADDR", &format!("127.0.0.1:{port}"));
+    let replica = Replica::start(&env);
+    let client = Client::new();
+    assert_eq!(
+        client.get(&replica.url("/api/health"), None).await.status,
+        200
+    );
+    let public = client.get(&replica.url("/metrics"), None).await;
+    assert_eq!(public.status, 404, "not on the API port");
+    assert_eq!(public.json()["code"], "metrics_elsewhere");
+    let scraped = client
+        .get(&format!("http://127.0.0.1:{port}/metrics"), None)
+        .await;
+    assert_eq!(scraped.status, 200);
+    let text = String::from_utf8_lossy(&scraped.body);
+    assert!(text.contains("http_server_requests_total"), "{text}");
+    let other = client
+        .get(&format!("http://127.0.0.1:{port}/api/health"), None)
+        .await;
+    assert_eq!(
+        other.status, 404,
+        "the metrics listener serves nothing else"
+    );
+}

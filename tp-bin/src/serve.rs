@@ -55,9 +55,31 @@ pub async fn run(config: Config, telemetry: crate::telemetry::Telemetry) -> Exit
     if telemetry.otlp() {
         tracing::info!("exporting metrics and traces over OTLP");
     }
+    let metrics = match http.metrics_addr {
+        None => None,
+        Some(metrics_addr) => match TcpListener::bind(metrics_addr).await {
+            Ok(listener) => {
+                tracing::info!(
+                    address = %listener.local_addr().unwrap_or(metrics_addr),
+                    "metrics listening"
+                );
+                Some(tokio::spawn(server::serve_metrics(
+                    listener,
+                    telemetry.renderer(),
+                )))
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen on {metrics_addr} (TP_METRICS_ADDR): {e}");
+                return ExitCode::from(exit::UNAVAILABLE);
+            }
+        },
+    };
     let api = tp_http::Api::new(plane);
     api.set_metrics_renderer(telemetry.renderer());
     let outcome = server::serve(listener, api, &http, shutdown_signal()).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     telemetry.shutdown().await;
     match outcome {
         Ok(Shutdown::Clean) => {

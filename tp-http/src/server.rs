@@ -238,6 +238,43 @@ pub async fn serve(
     })
 }
 
+/// Serves `GET /metrics` (and nothing else: 404) on its own listener, until
+/// the task running it is dropped. Keeps scrapes off the public API port.
+pub async fn serve_metrics(listener: TcpListener, render: crate::MetricsRenderer) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let render = render.clone();
+                async move {
+                    let response = if request.uri().path() == "/metrics"
+                        && request.method() == http::Method::GET
+                    {
+                        crate::handlers::render_metrics(render).await
+                    } else {
+                        crate::error::problem(
+                            http::StatusCode::NOT_FOUND,
+                            "route_not_found",
+                            "this listener serves GET /metrics only".to_owned(),
+                            "-",
+                        )
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;

@@ -215,6 +215,8 @@ pub struct HttpConfig {
     pub bind: IpAddr,
     /// Port to bind (0 picks a free one).
     pub port: u16,
+    /// A separate listener for `GET /metrics`, off the API port.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
     /// Deadline for request headers.
@@ -445,6 +447,16 @@ impl Config {
             )?,
             shutdown_timeout: millis(env, vars::SHUTDOWN_TIMEOUT, 20_000, 0, 3_600_000)?,
             trusted_proxies: parse_trusted_proxies(optional(env, vars::TRUSTED_PROXIES))?,
+            metrics_addr: optional(env, vars::METRICS_ADDR)
+                .map(|raw| {
+                    raw.parse::<std::net::SocketAddr>().map_err(|_| {
+                        ConfigError::new(
+                            vars::METRICS_ADDR,
+                            format!("must be an address and port like 127.0.0.1:9464, got {raw:?}"),
+                        )
+                    })
+                })
+                .transpose()?,
             worker_threads: worker_threads(env)?,
         };
 

@@ -68,6 +68,8 @@ pub const DRAIN_DELAY: &str = "TP_DRAIN_DELAY_MS";
 pub const SHUTDOWN_TIMEOUT: &str = "TP_SHUTDOWN_TIMEOUT_MS";
 /// Comma-separated CIDRs of proxies whose forwarding headers are trusted.
 pub const TRUSTED_PROXIES: &str = "TP_TRUSTED_PROXIES";
+/// `host:port` of a separate listener for `GET /metrics`; unset: the API port.
+pub const METRICS_ADDR: &str = "TP_METRICS_ADDR";
 /// Access token lifetime in seconds.
 pub const ACCESS_TOKEN_TTL: &str = "TP_ACCESS_TOKEN_TTL_SECS";
 /// Refresh token (session) lifetime in seconds.

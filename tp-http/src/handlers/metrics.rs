@@ -8,6 +8,13 @@ use crate::error::ApiError;
 use crate::response;
 
 pub(crate) async fn prometheus(ctx: Ctx) -> Result<Response, ApiError> {
+    if ctx.plane.config().http.metrics_addr.is_some() {
+        return Err(tp_core::Error::not_found(
+            "metrics_elsewhere",
+            "metrics are served on their own listener (TP_METRICS_ADDR)",
+        )
+        .into());
+    }
     let Some(render) = ctx.metrics.clone() else {
         return Err(tp_core::Error::not_found(
             "metrics_disabled",
@@ -23,4 +30,20 @@ pub(crate) async fn prometheus(ctx: Ctx) -> Result<Response, ApiError> {
         text,
         "text/plain; version=0.0.4; charset=utf-8",
     ))
+}
+
+/// Prometheus text for a separate metrics listener.
+pub(crate) async fn render_text(render: crate::MetricsRenderer) -> Response {
+    match tokio::task::spawn_blocking(move || render()).await {
+        Ok(text) => response::with_type(
+            StatusCode::OK,
+            text,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        Err(_) => response::with_type(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            String::new(),
+            "text/plain",
+        ),
+    }
 }

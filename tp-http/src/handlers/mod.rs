@@ -11,6 +11,8 @@ mod secrets;
 use http::Method;
 use tp_core::auth::Role;
 
+pub(crate) use metrics::render_text as render_metrics;
+
 use crate::router::{Access, Router, handler};
 
 const VIEWER: Access = Access::Role(Role::Viewer);

@@ -247,3 +247,36 @@ async fn metrics_can_move_off_the_api_port() {
         "the metrics listener serves nothing else"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_otlp_export_is_logged() {
+    let closed = tp_tests::free_port();
+    let dir = temp_dir("otlp-down");
+    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
+    set(
+        &mut env,
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        &format!("http://127.0.0.1:{closed}"),
+    );
+    set(&mut env, "OTEL_METRIC_EXPORT_INTERVAL", "300");
+    set(&mut env, "OTEL_BSP_SCHEDULE_DELAY", "200");
+    let replica = Replica::start(&env);
+    for _ in 0..5 {
+        Client::new()
+            .get(&replica.url("/api/health/live"), None)
+            .await;
+    }
+    assert!(
+        replica.wait_for_log("ExportError", Duration::from_secs(15)),
+        "a failing collector went unreported:\n{}",
+        replica.logs()
+    );
+    assert_eq!(
+        Client::new()
+            .get(&replica.url("/api/health/live"), None)
+            .await
+            .status,
+        200,
+        "serving goes on"
+    );
+}

@@ -65,7 +65,8 @@ pub fn init(json_logs: bool) -> Result<Telemetry, String> {
     global::set_meter_provider(meters.clone());
     global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(crate::logging::DEFAULT_FILTER));
     let otel_layer = tracer.as_ref().map(|provider| {
         tracing_opentelemetry::layer().with_tracer(provider.tracer("tenant-plane"))
     });

@@ -341,3 +341,44 @@ async fn a_body_that_trickles_gets_408_problem_json() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = tp_tests::replica::prod_env(&tp_tests::postgres::fresh_database());
+    tp_tests::replica::set(&mut env, "TP_MAX_CONNECTIONS", "2");
+    let replica = tp_tests::Replica::start(&env);
+    const GET: &[u8] = b"GET /api/health/live HTTP/1.1\r\nhost: x\r\n\r\n";
+    async fn answered(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = [0u8; 512];
+        if stream.write_all(GET).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await,
+            Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200")
+        )
+    }
+    // Two keep-alive connections hold both slots.
+    let mut first = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+    assert!(answered(&mut first).await);
+    assert!(answered(&mut second).await);
+    let mut third = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+    assert!(!answered(&mut third).await, "a third connection is closed");
+    // A slot freed is a slot taken again.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut again = tokio::net::TcpStream::connect(replica.addr).await.unwrap();
+        if answered(&mut again).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed slot never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(answered(&mut second).await, "open connections keep working");
+}

@@ -45,12 +45,19 @@ fn spawn_connection(
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
     header_timeout: Duration,
+    slots: &Slots,
 ) {
+    // Past the cap the connection is closed at once: a proxy retries
+    // elsewhere, and the replica's memory stays bounded.
+    let Some(slot) = slots.take(peer) else {
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let api = api.clone();
     let builder = builder.clone();
     let watcher = graceful.watcher();
     tokio::spawn(async move {
+        let _slot = slot;
         // hyper's header timeout starts after protocol detection;
         // bound the wait for the first byte here.
         let mut first = [0u8; 1];
@@ -68,6 +75,39 @@ fn spawn_connection(
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     });
+}
+
+/// Open-connection slots of one listener (`TP_MAX_CONNECTIONS`).
+struct Slots {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    last_refusal_log: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Slots {
+    fn new(max: usize) -> Self {
+        Slots {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            last_refusal_log: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A slot for a new connection, or `None` (logged at most every 10 s) at the cap.
+    fn take(&self, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        let mut last = self
+            .last_refusal_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(%peer, max = self.max, "connection closed: TP_MAX_CONNECTIONS open already");
+        }
+        None
+    }
 }
 
 /// Polls a connection again at once when it wakes itself during its own poll.
@@ -181,6 +221,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let header_timeout = http.header_read_timeout;
+    let slots = Slots::new(http.max_connections);
 
     tokio::pin!(signal);
     let drain = tokio::time::sleep(Duration::MAX / 4);
@@ -198,7 +239,7 @@ pub async fn serve(
                         continue;
                     }
                 };
-                spawn_connection(stream, peer, &api, &builder, &graceful, header_timeout);
+                spawn_connection(stream, peer, &api, &builder, &graceful, header_timeout, &slots);
             }
             () = &mut signal, if !draining => {
                 draining = true;
@@ -218,7 +259,15 @@ pub async fn serve(
     while let Poll::Ready(Ok((stream, peer))) =
         std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await
     {
-        spawn_connection(stream, peer, &api, &builder, &graceful, header_timeout);
+        spawn_connection(
+            stream,
+            peer,
+            &api,
+            &builder,
+            &graceful,
+            header_timeout,
+            &slots,
+        );
     }
     drop(listener);
     // A connection that has not read its request yet counts as idle, and

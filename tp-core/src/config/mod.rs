@@ -229,6 +229,8 @@ pub struct HttpConfig {
     pub drain_delay: Duration,
     /// Then: in-flight requests get this long to finish.
     pub shutdown_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// Peers whose `X-Forwarded-For`/`X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Async worker threads; `None`: one per CPU the process may use.
@@ -446,6 +448,7 @@ impl Config {
                 600_000,
             )?,
             shutdown_timeout: millis(env, vars::SHUTDOWN_TIMEOUT, 20_000, 0, 3_600_000)?,
+            max_connections: number(env, vars::MAX_CONNECTIONS, 10_000, 1, 1_000_000)?,
             trusted_proxies: parse_trusted_proxies(optional(env, vars::TRUSTED_PROXIES))?,
             metrics_addr: optional(env, vars::METRICS_ADDR)
                 .map(|raw| {

@@ -66,6 +66,8 @@ pub const WORKER_THREADS: &str = "TP_WORKER_THREADS";
 pub const DRAIN_DELAY: &str = "TP_DRAIN_DELAY_MS";
 /// After the drain delay: how long in-flight requests may take to finish.
 pub const SHUTDOWN_TIMEOUT: &str = "TP_SHUTDOWN_TIMEOUT_MS";
+/// Most client connections one replica keeps open; more are closed at once.
+pub const MAX_CONNECTIONS: &str = "TP_MAX_CONNECTIONS";
 /// Comma-separated CIDRs of proxies whose forwarding headers are trusted.
 pub const TRUSTED_PROXIES: &str = "TP_TRUSTED_PROXIES";
 /// `host:port` of a separate listener for `GET /metrics`; unset: the API port.

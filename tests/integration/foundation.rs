@@ -382,3 +382,30 @@ async fn connections_past_the_cap_are_closed_at_once() {
     }
     assert!(answered(&mut second).await, "open connections keep working");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_get_problem_json() {
+    let env = tp_tests::replica::prod_env(&tp_tests::postgres::fresh_database());
+    let replica = tp_tests::Replica::start(&env);
+    let client = tp_tests::Client::new();
+    let long = format!("/api/collections/{}", "a".repeat(9000));
+    let reply = client.get(&replica.url(&long), None).await;
+    assert_eq!(reply.status, 414);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(reply.json()["code"], "uri_too_long");
+    let big = "b".repeat(40 * 1024);
+    let reply = client
+        .send(
+            http::Method::GET,
+            &replica.url("/api/health/live"),
+            &[("x-padding", big.as_str())],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 431);
+    assert_eq!(reply.json()["code"], "headers_too_large");
+}

@@ -153,6 +153,37 @@ impl Api {
         let (parts, body) = request.into_parts();
         let method = parts.method.clone();
 
+        // Below hyper's own limits, so an oversized request gets the same
+        // problem+json as every other error instead of hyper's bare answer.
+        let header_bytes: usize = parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let oversized =
+            if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_BYTES {
+                Some((
+                    StatusCode::URI_TOO_LONG,
+                    "uri_too_long",
+                    format!("the request target exceeds {MAX_URI_BYTES} bytes"),
+                ))
+            } else if header_bytes > MAX_HEADER_BYTES {
+                Some((
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    format!("the request headers exceed {MAX_HEADER_BYTES} bytes"),
+                ))
+            } else {
+                None
+            };
+        let routed = match oversized {
+            Some((status, code, detail)) => {
+                let response = crate::error::problem(status, code, detail, request_id);
+                return finish(inner, response, request_id, &method, route, started);
+            }
+            None => routed,
+        };
+
         let response = match routed {
             Err(Miss::NotFound) => ApiError::from(Error::not_found(
                 "route_not_found",
@@ -397,6 +428,11 @@ fn policy_header(policy: &Policy) -> Option<HeaderValue> {
 
 /// The route of requests that match none, in spans and metrics.
 const UNMATCHED: &str = "<unmatched>";
+
+/// Longest request target (path and query) answered; longer is 414.
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes answered; more is 431. hyper's own limit is higher.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Headers every response carries, and the request log line.
 fn finish(

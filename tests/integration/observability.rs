@@ -1,6 +1,7 @@
 //! Prometheus metrics, correlated JSON logs, and OTLP export.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,8 +10,11 @@ use http::Method;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tp_tests::postgres::fresh_database;
 use tp_tests::replica::{Replica, prod_env, set};
+use tp_tests::tls::TestPki;
 use tp_tests::{Client, temp_dir};
 
 fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
@@ -149,54 +153,83 @@ async fn json_logs_carry_the_request_id_and_the_callers_trace_id() {
     assert_eq!(json["status"], 200, "{line}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traces_and_metrics_are_exported_over_otlp() {
-    // A minimal OTLP/HTTP collector: records the paths it is sent to.
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+/// The paths a minimal OTLP/HTTP collector was sent protobuf bodies on.
+type Received = Arc<Mutex<Vec<String>>>;
+
+/// Starts a collector on 127.0.0.1, serving https with `tls` when given.
+async fn collector(tls: Option<&TestPki>) -> (SocketAddr, Received) {
+    let received = Received::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls.map(|pki| {
+        let certs = CertificateDer::pem_file_iter(&pki.server_cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
     let seen = received.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let seen = seen.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let seen = seen.clone();
-                    async move {
-                        let path = request.uri().path().to_owned();
-                        let is_protobuf = request
-                            .headers()
-                            .get("content-type")
-                            .is_some_and(|v| v == "application/x-protobuf");
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        if is_protobuf && !body.is_empty() {
-                            seen.lock().unwrap().push(path);
+            match acceptor.clone() {
+                None => {
+                    tokio::spawn(record(stream, seen));
+                }
+                Some(acceptor) => {
+                    tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            record(stream, seen).await;
                         }
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+                    });
+                }
+            }
         }
     });
+    (addr, received)
+}
 
-    let dir = temp_dir("otlp");
-    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
-    set(
-        &mut env,
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        &format!("http://{collector}"),
-    );
-    set(&mut env, "OTEL_METRIC_EXPORT_INTERVAL", "500");
-    set(&mut env, "OTEL_BSP_SCHEDULE_DELAY", "200");
-    let replica = Replica::start(&env);
+/// Serves one collector connection, recording each non-empty protobuf export.
+async fn record<S>(stream: S, seen: Received)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let path = request.uri().path().to_owned();
+            let is_protobuf = request
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v == "application/x-protobuf");
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if is_protobuf && !body.is_empty() {
+                seen.lock().unwrap().push(path);
+            }
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// Waits until `received` holds both a trace and a metrics export.
+async fn await_exports(replica: &Replica, received: &Received) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         assert_eq!(
@@ -208,7 +241,7 @@ async fn traces_and_metrics_are_exported_over_otlp() {
         );
         let paths = received.lock().unwrap().clone();
         if paths.iter().any(|p| p == "/v1/traces") && paths.iter().any(|p| p == "/v1/metrics") {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -217,6 +250,89 @@ async fn traces_and_metrics_are_exported_over_otlp() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A replica on SQLite exporting to `endpoint` every few hundred milliseconds.
+fn exporting_replica(name: &str, endpoint: &str, extra: &[(&str, &str)]) -> Replica {
+    let dir = temp_dir(name);
+    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
+    set(&mut env, "OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    set(&mut env, "OTEL_METRIC_EXPORT_INTERVAL", "500");
+    set(&mut env, "OTEL_BSP_SCHEDULE_DELAY", "200");
+    for (name, value) in extra {
+        set(&mut env, name, value);
+    }
+    Replica::start(&env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_and_metrics_are_exported_over_otlp() {
+    let (collector, received) = collector(None).await;
+    let replica = exporting_replica("otlp", &format!("http://{collector}"), &[]);
+    await_exports(&replica, &received).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_exports_over_https_to_a_verified_collector() {
+    let pki = TestPki::generate(&temp_dir("otlp-pki"), None);
+    let (collector, received) = collector(Some(&pki)).await;
+    let endpoint = format!("https://localhost:{}", collector.port());
+    let ca = pki.ca.display().to_string();
+    let replica = exporting_replica(
+        "otlp-https",
+        &endpoint,
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca)],
+    );
+    await_exports(&replica, &received).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_refuses_a_collector_its_ca_did_not_sign() {
+    let pki = TestPki::generate(&temp_dir("otlp-pki-other"), None);
+    let (collector, received) = collector(Some(&pki)).await;
+    let endpoint = format!("https://localhost:{}", collector.port());
+    let other = pki.other_ca.display().to_string();
+    let replica = exporting_replica(
+        "otlp-https-other",
+        &endpoint,
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &other)],
+    );
+    Client::new()
+        .get(&replica.url("/api/health/live"), None)
+        .await;
+    assert!(
+        replica.wait_for_log("ExportError", Duration::from_secs(15)),
+        "an unverified collector went unreported:\n{}",
+        replica.logs()
+    );
+    assert!(
+        received.lock().unwrap().is_empty(),
+        "nothing reaches a collector that failed verification"
+    );
+}
+
+#[test]
+fn a_half_configured_otlp_client_certificate_is_a_config_error() {
+    let dir = temp_dir("otlp-half-identity");
+    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
+    set(
+        &mut env,
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "https://localhost:4318",
+    );
+    set(
+        &mut env,
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "/nonexistent.crt",
+    );
+    let Err(failed) = Replica::try_start(&env, &dir) else {
+        panic!("a client certificate without its key was accepted");
+    };
+    assert!(
+        failed.output.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+        "{}",
+        failed.output
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

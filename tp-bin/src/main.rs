@@ -4,6 +4,7 @@ mod admin;
 mod env;
 mod healthcheck;
 mod logging;
+mod otlp;
 mod serve;
 mod telemetry;
 mod transfer;

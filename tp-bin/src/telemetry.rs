@@ -1,6 +1,6 @@
 //! Telemetry for `serve`: structured logs, Prometheus metrics behind
-//! `/metrics`, and OTLP metrics and traces when `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! is set. This is the only place telemetry is set up.
+//! `/metrics`, and OTLP metrics and traces (over http or https) when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set. This is the only place telemetry is set up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
+use opentelemetry_otlp::WithHttpConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -45,13 +46,16 @@ pub fn init(json_logs: bool) -> Result<Telemetry, String> {
     let mut tracer = None;
     if otlp {
         // Endpoint, headers and timeouts come from the standard OTEL_* variables.
+        let client = crate::otlp::http_client()?;
         let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
+            .with_http_client(client.clone())
             .build()
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT (metrics): {e}"))?;
         meters = meters.with_periodic_exporter(metric_exporter);
         let span_exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(client)
             .build()
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT (traces): {e}"))?;
         tracer = Some(

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -272,31 +273,26 @@ async fn traces_and_metrics_are_exported_over_otlp() {
     await_exports(&replica, &received).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn otlp_exports_over_https_to_a_verified_collector() {
-    let pki = TestPki::generate(&temp_dir("otlp-pki"), None);
+/// A replica exporting to an https collector on `localhost` whose
+/// certificate the test CA signed, trusting the CA `trusted` picks.
+async fn https_export(name: &str, trusted: fn(&TestPki) -> &Path) -> (Replica, Received) {
+    let pki = TestPki::generate(&temp_dir(&format!("{name}-pki")), None);
     let (collector, received) = collector(Some(&pki)).await;
     let endpoint = format!("https://localhost:{}", collector.port());
-    let ca = pki.ca.display().to_string();
-    let replica = exporting_replica(
-        "otlp-https",
-        &endpoint,
-        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca)],
-    );
+    let ca = trusted(&pki).display().to_string();
+    let replica = exporting_replica(name, &endpoint, &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca)]);
+    (replica, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_exports_over_https_to_a_verified_collector() {
+    let (replica, received) = https_export("otlp-https", |pki| &pki.ca).await;
     await_exports(&replica, &received).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_refuses_a_collector_its_ca_did_not_sign() {
-    let pki = TestPki::generate(&temp_dir("otlp-pki-other"), None);
-    let (collector, received) = collector(Some(&pki)).await;
-    let endpoint = format!("https://localhost:{}", collector.port());
-    let other = pki.other_ca.display().to_string();
-    let replica = exporting_replica(
-        "otlp-https-other",
-        &endpoint,
-        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &other)],
-    );
+    let (replica, received) = https_export("otlp-https-other", |pki| &pki.other_ca).await;
     Client::new()
         .get(&replica.url("/api/health/live"), None)
         .await;
@@ -367,16 +363,7 @@ async fn metrics_can_move_off_the_api_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_otlp_export_is_logged() {
     let closed = tp_tests::free_port();
-    let dir = temp_dir("otlp-down");
-    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
-    set(
-        &mut env,
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        &format!("http://127.0.0.1:{closed}"),
-    );
-    set(&mut env, "OTEL_METRIC_EXPORT_INTERVAL", "300");
-    set(&mut env, "OTEL_BSP_SCHEDULE_DELAY", "200");
-    let replica = Replica::start(&env);
+    let replica = exporting_replica("otlp-down", &format!("http://127.0.0.1:{closed}"), &[]);
     for _ in 0..5 {
         Client::new()
             .get(&replica.url("/api/health/live"), None)

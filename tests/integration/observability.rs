@@ -383,3 +383,24 @@ async fn a_failed_otlp_export_is_logged() {
         "serving goes on"
     );
 }
+
+#[test]
+fn a_signal_timeout_that_is_not_milliseconds_is_a_config_error() {
+    let dir = temp_dir("otlp-bad-timeout");
+    let mut env = prod_env(&format!("sqlite://{}", dir.join("tp.db").display()));
+    set(
+        &mut env,
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "http://127.0.0.1:4318",
+    );
+    set(&mut env, "OTEL_EXPORTER_OTLP_TIMEOUT", "1000");
+    set(&mut env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon");
+    let Err(failed) = Replica::try_start(&env, &dir) else {
+        panic!("a traces timeout of \"soon\" was accepted");
+    };
+    assert!(
+        failed.output.contains("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+        "{}",
+        failed.output
+    );
+}

@@ -46,16 +46,22 @@ pub fn init(json_logs: bool) -> Result<Telemetry, String> {
     let mut tracer = None;
     if otlp {
         // Endpoint, headers and timeouts come from the standard OTEL_* variables.
-        let client = crate::otlp::http_client()?;
+        let tls = crate::otlp::tls_config()?;
         let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
-            .with_http_client(client.clone())
+            .with_http_client(crate::otlp::http_client(
+                tls.clone(),
+                opentelemetry_otlp::OTEL_EXPORTER_OTLP_METRICS_TIMEOUT,
+            )?)
             .build()
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT (metrics): {e}"))?;
         meters = meters.with_periodic_exporter(metric_exporter);
         let span_exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(client)
+            .with_http_client(crate::otlp::http_client(
+                tls,
+                opentelemetry_otlp::OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+            )?)
             .build()
             .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT (traces): {e}"))?;
         tracer = Some(
